@@ -1,0 +1,72 @@
+"""The running node: plugins built from a checked config, wired through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fluent_ld.config.schema import NodeConfig, PluginConf
+from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
+from fluent_ld.registry import plugin_class
+from fluent_ld.router import Router
+
+__all__ = ["Node"]
+
+log = logging.getLogger("fluent_ld.node")
+
+
+class Node:
+    """Outputs start first and stop last, so a source never emits into an output that is not
+    ready, and every record a source admitted is in its output when the outputs stop."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.outputs: list[tuple[PluginConf, Output]] = []
+        for pc in config.matches:
+            cls = plugin_class("output", pc.type_name)
+            self.outputs.append((pc, cls(pc.conf, pc.id)))
+        self.router: Router[Output] = Router([(pc.pattern, out) for pc, out in self.outputs])
+        self.sources: list[tuple[PluginConf, Source]] = []
+        for pc in config.sources:
+            cls = plugin_class("source", pc.type_name)
+            self.sources.append((pc, cls(pc.conf, pc.id, self)))
+        self._started: list[Plugin] = []
+
+    async def emit(self, tag: str, entries: Entries) -> None:
+        output = self.router.resolve(tag)
+        if output is None:
+            if self.router.count_unmatched(tag, len(entries)):
+                log.warning(
+                    "No <match> takes tag %r: its records are dropped and counted "
+                    "(logged once per tag).",
+                    tag,
+                )
+            return
+        await output.admit(tag, entries)
+
+    async def start(self) -> None:
+        for pc, plugin in [*self.outputs, *self.sources]:
+            try:
+                await plugin.start()
+            except StartError as exc:
+                await self.stop()
+                raise StartError(f"{pc.where}: {pc.label}: {exc}") from exc
+            self._started.append(plugin)
+        log.info("fluent-ld started: %s.", self.config.summary())
+
+    async def stop(self) -> None:
+        while self._started:
+            plugin = self._started.pop()
+            try:
+                await plugin.stop()
+            except Exception:
+                log.exception("Plugin %s failed to stop cleanly.", plugin.id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("fluent-ld stopping.")
+            await self.stop()
+            log.info("fluent-ld stopped.")

@@ -1,0 +1,21 @@
+"""``@type null``: counts records and discards them."""
+
+from __future__ import annotations
+
+from fluent_ld.config.params import Section
+from fluent_ld.plugin import Entries, Output
+from fluent_ld.registry import register
+
+
+@register
+class NullOutput(Output):
+    type_name = "null"
+    summary = "Discards every record (counting them), for load tests and to silence a tag."
+    section = Section("match", summary)
+
+    def __init__(self, conf, plugin_id) -> None:
+        super().__init__(conf, plugin_id)
+        self.records = 0
+
+    async def admit(self, tag: str, entries: Entries) -> None:
+        self.records += len(entries)

@@ -1,0 +1,86 @@
+"""Plugin base classes: a source feeds records to the node, an output admits them.
+
+Each plugin type declares its parameters once, in ``section``; the same declaration checks configs,
+generates the reference docs and builds the :class:`~fluent_ld.config.params.Conf` the plugin reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Any, ClassVar, Protocol
+
+from fluent_ld.config.errors import ConfigError
+from fluent_ld.config.params import Conf, Section
+
+__all__ = ["Entries", "Emitter", "Output", "Plugin", "Source", "StartError"]
+
+# One event: its time in integer nanoseconds since the Unix epoch (exact for every forward time
+# form, including EventTime's nanoseconds) and its record.
+Entries = Sequence[tuple[int, dict[str, Any]]]
+
+_LEVELS = {
+    "trace": 5,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+
+
+def log_level(name: str) -> int:
+    """A Fluentd log level name as a :mod:`logging` level."""
+    return _LEVELS[name]
+
+
+class StartError(Exception):
+    """A plugin could not start (a port in use, a folder not writable): the node does not start."""
+
+
+class Emitter(Protocol):
+    def emit(self, tag: str, entries: Entries) -> Awaitable[None]:
+        """Hand records to the output their tag routes to; returns once that output has admitted
+        them (for a durable output: once they are on disk)."""
+
+
+class Plugin:
+    kind: ClassVar[str]
+    type_name: ClassVar[str]
+    summary: ClassVar[str]
+    section: ClassVar[Section]
+
+    def __init__(self, conf: Conf, plugin_id: str) -> None:
+        self.conf = conf
+        self.id = plugin_id
+        self.log = logging.getLogger(f"fluent_ld.{self.kind}.{plugin_id}")
+        if conf["@log_level"]:
+            self.log.setLevel(log_level(conf["@log_level"]))
+
+    @classmethod
+    def check(cls, conf: Conf) -> list[ConfigError]:
+        """Rules across parameters, run once each value is valid on its own."""
+        return []
+
+    async def start(self) -> None:
+        """Acquire resources (bind, open stores). Raise :class:`StartError` to refuse to start."""
+
+    async def stop(self) -> None:
+        """Release everything; for an output, after every admitted record is safe."""
+
+
+class Source(Plugin):
+    kind = "source"
+
+    def __init__(self, conf: Conf, plugin_id: str, emitter: Emitter) -> None:
+        super().__init__(conf, plugin_id)
+        self.emitter = emitter
+
+
+class Output(Plugin):
+    kind = "output"
+
+    async def admit(self, tag: str, entries: Entries) -> None:
+        """Take responsibility for these records. Returning is the promise: a durable output
+        returns only once they are committed to its store."""
+        raise NotImplementedError
