@@ -42,6 +42,8 @@ def _table(params: tuple[Param, ...]) -> list[str]:
     for p in params:
         if p.required:
             default = "required"
+        elif p.shown_default is not None:
+            default = p.shown_default
         elif p.default is None:
             default = "unset"
         else:

@@ -371,6 +371,7 @@ class Param:
     default: Any
     desc: str
     secret: bool = False
+    shown_default: str | None = None  # how the docs show a default too long to print
 
     @property
     def required(self) -> bool:
@@ -465,9 +466,10 @@ class Conf:
         shown = {k: (v if not isinstance(v, (Conf, list)) else "...") for k, v in self._values.items()}
         return f"<Conf {self._spec.name} {shown}>"
 
-    def dump(self, indent: str = "") -> list[str]:
+    def dump(self, indent: str = "", arg: str | None = None) -> list[str]:
         """This section and its children in config syntax, as given, with secrets masked."""
-        head = f"<{self._spec.name}" + (f" {self._arg}" if self._arg not in (None, "") else "") + ">"
+        arg = self._arg if arg is None else arg
+        head = f"<{self._spec.name}" + (f" {arg}" if arg not in (None, "") else "") + ">"
         lines = [indent + head]
         inner = indent + "  "
         for p in self._spec.params:

@@ -86,7 +86,7 @@ class NodeConfig:
         if self.system.is_given("log_level"):
             lines += self.system.dump()
         for p in (*self.sources, *self.matches):
-            lines += p.conf.dump()
+            lines += p.conf.dump(arg=p.pattern.text if p.pattern else None)
         return "\n".join(lines) + "\n"
 
 

@@ -51,7 +51,8 @@ class SampleSource(Source):
                 "sample",
                 JSONValue(),
                 DEFAULT_SAMPLE,
-                "A JSON object, or an array of objects used in turn (default: Signal events).",
+                "A JSON object, or an array of objects used in turn.",
+                shown_default="three Signal events (Order Completed, page, Signed Up)",
             ),
             Param(
                 "auto_increment_key",
