@@ -48,9 +48,10 @@ class Node:
         for pc, plugin in [*self.outputs, *self.sources]:
             try:
                 await plugin.start()
-            except StartError as exc:
+            except Exception as exc:
                 await self.stop()
-                raise StartError(f"{pc.where}: {pc.label}: {exc}") from exc
+                reason = str(exc) if isinstance(exc, StartError) else f"{type(exc).__name__}: {exc}"
+                raise StartError(f"{pc.where}: {pc.label}: {reason}") from exc
             self._started.append(plugin)
         log.info("fluent-ld started: %s.", self.config.summary())
 

@@ -105,7 +105,13 @@ class SampleSource(Source):
         next_at = loop.time()
         while True:
             # Admission is awaited: a slow output slows the sample down instead of queueing.
-            await self.emitter.emit(self.conf.tag, self._next_records(time.time_ns()))
+            try:
+                await self.emitter.emit(self.conf.tag, self._next_records(time.time_ns()))
+            except Exception:
+                self.log.exception("Sample records were refused by their output; retrying in 1s.")
+                await asyncio.sleep(1.0)
+                next_at = loop.time()
+                continue
             next_at += interval
             delay = next_at - loop.time()
             if delay > 0:
