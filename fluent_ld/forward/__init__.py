@@ -1,0 +1,1 @@
+"""The Fluent forward protocol: codec and handshake (pure), server (asyncio)."""

@@ -1,0 +1,407 @@
+"""Fluent forward protocol codec, sans I/O: bytes in, typed requests out (Forward Protocol
+Specification v1 and v1.5; the facts are in the project's forward-protocol notes).
+
+The server feeds what it reads with :meth:`Decoder.receive_data` and calls :meth:`Decoder.next_event`
+until it returns :data:`NEED_DATA`. A malformed stream raises :class:`ProtocolError`: the stream
+cannot be resynchronised after it, so the caller closes that connection (and only that one).
+Invalid single entries inside a sound request are skipped and counted instead.
+
+Every mode is decoded:
+
+- Message ``[tag, time, record, option?]``
+- Forward ``[tag, [[time, record], ...], option?]``
+- PackedForward ``[tag, bin-or-str of concatenated [time, record], option?]`` (Fluentd's out_forward
+  sends the entries as *str32* holding raw msgpack, not UTF-8)
+- CompressedPackedForward: the same with ``compressed: "gzip"`` (several members) or ``"zstd"``
+  (several frames, no content size); ``compressed: "text"`` means uncompressed.
+
+Times: integer seconds, EventTime (ext 0, fixext8 or ext8), float seconds, the v1.5
+``[EventTime, {metadata}]`` form, and 0 or nil for "now". Fluent Bit's group markers (EventTime
+seconds 0xFFFFFFFF / 0xFFFFFFFE) are recognised and not emitted as events.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zstandard
+
+__all__ = [
+    "NEED_DATA",
+    "DecoderLimits",
+    "Decoder",
+    "Heartbeat",
+    "Ping",
+    "ProtocolError",
+    "Request",
+    "encode_ack",
+    "encode_event_time",
+    "encode_helo",
+    "encode_pong",
+]
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Any = _NeedData()
+
+EVENT_TIME_EXT = 0
+# Fluent Bit 4.x+ brackets groups of records with these EventTime seconds (nanoseconds 0).
+GROUP_START = 0xFFFFFFFF
+GROUP_END = 0xFFFFFFFE
+SIGNAL_NAMES = {0: "logs", 1: "metrics", 2: "traces"}
+NS = 1_000_000_000
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not the forward protocol (or breaks a limit): close the
+    connection. ``str()`` says what, for the log line."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderLimits:
+    """Every buffer has a limit, with its reason.
+
+    ``chunk_size_limit``: the largest request on the wire. Fluentd's in_forward default is 32 MiB
+    for the same parameter; Fluent Bit's out_forward sends chunks of a few MiB.
+
+    ``decompression_size_limit``: the most bytes one compressed request may inflate to (a gzip bomb
+    of 32 MiB would otherwise inflate to tens of GiB).
+
+    ``max_array_len`` / ``max_map_len``: msgpack's C unpacker allocates a declared length before
+    the elements arrive, so five bytes could ask for hundreds of MiB. A request holds at most a few
+    thousand entries in practice (Fluent Bit: one chunk; Fluentd: one buffer chunk).
+
+    ``max_str_len`` / ``max_bin_len``: bounded by the request size anyway; kept explicit so the
+    unpacker never trusts a declared length beyond what could arrive.
+    """
+
+    chunk_size_limit: int = 32 * 1024 * 1024
+    decompression_size_limit: int = 128 * 1024 * 1024
+    max_array_len: int = 1_000_000
+    max_map_len: int = 100_000
+
+    def unpacker(self, max_bytes: int) -> msgpack.Unpacker:
+        return msgpack.Unpacker(
+            raw=False,
+            # str values holding raw bytes (PackedForward entries, binary chunk ids) survive
+            # decoding and are recovered byte for byte with .encode("utf-8", "surrogateescape").
+            unicode_errors="surrogateescape",
+            strict_map_key=True,  # non-string keys are a protocol error, not a silent coercion
+            max_buffer_size=max_bytes,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=min(self.max_array_len, max_bytes),
+            max_map_len=min(self.max_map_len, max_bytes),
+            max_ext_len=max_bytes,
+            ext_hook=_ext_hook,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A msgpack nil: the client checks the connection; nothing to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The client's answer to HELO: ``["PING", hostname, salt, digest, username, password]``.
+    Byte fields are the raw bytes however they were sent (str or bin)."""
+
+    hostname: str
+    salt: bytes
+    digest: str
+    username: str
+    password_digest: str
+
+
+@dataclass(slots=True)
+class Request:
+    """One request: the events it carries (time in integer nanoseconds, record), its ack token
+    (``chunk``, exactly as sent: str or bytes) and what was skipped."""
+
+    tag: str
+    entries: list[tuple[int, dict[str, Any]]]
+    chunk: str | bytes | None = None
+    mode: str = "forward"
+    wire_size: int = 0
+    invalid: int = 0  # entries skipped as invalid
+    markers: int = 0  # Fluent Bit group markers skipped
+    option: dict[str, Any] = field(default_factory=dict)
+
+
+class EventTime(int):
+    """Nanoseconds since the epoch decoded from an EventTime ext (an int that remembers it was an
+    EventTime, so integer seconds are not mistaken for it)."""
+
+    __slots__ = ()
+
+
+class _GroupMarker:
+    __slots__ = ()
+
+
+GROUP_MARKER = _GroupMarker()
+
+_EVENT_TIME = struct.Struct(">II")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EVENT_TIME_EXT:
+        if len(data) != 8:
+            raise ValueError(f"EventTime must hold 8 bytes, got {len(data)}")
+        seconds, nanos = _EVENT_TIME.unpack(data)
+        if nanos == 0 and seconds in (GROUP_START, GROUP_END):
+            return GROUP_MARKER
+        if nanos >= NS:
+            raise ValueError(f"EventTime nanoseconds out of range: {nanos}")
+        return EventTime(seconds * NS + nanos)
+    return msgpack.ExtType(code, data)
+
+
+def _time_ns(value: Any, now_ns: int) -> int | None:
+    """An entry's time as nanoseconds; None when it is not a time at all."""
+    kind = type(value)
+    if kind is EventTime:
+        return int(value) or now_ns
+    if kind is int:
+        if value < 0:
+            return None
+        return value * NS if value else now_ns
+    if kind is float:
+        if not 0 <= value < 2**33:  # NaN, negative or absurd
+            return None
+        return round(value * NS) if value else now_ns
+    if value is None:
+        return now_ns
+    return None
+
+
+class Decoder:
+    """Decodes one connection's byte stream. ``skip_invalid_event``: skip and count an invalid
+    entry (True) or treat it as a protocol error (False)."""
+
+    def __init__(self, limits: DecoderLimits = DecoderLimits(), skip_invalid_event: bool = True) -> None:
+        self.limits = limits
+        self.skip_invalid_event = skip_invalid_event
+        self._unpacker = limits.unpacker(limits.chunk_size_limit)
+        self._last_offset = 0
+
+    def receive_data(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise ProtocolError(
+                f"request larger than chunk_size_limit ({self.limits.chunk_size_limit} bytes)"
+            ) from None
+
+    def next_event(self, now_ns: int) -> Request | Heartbeat | Ping | Any:
+        """The next complete message, or :data:`NEED_DATA`. ``now_ns`` is used for time 0/nil."""
+        try:
+            message = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            return NEED_DATA
+        except (ValueError, TypeError, OverflowError) as exc:
+            # ExtraData, FormatError, StackError and the limit errors are ValueErrors too.
+            raise ProtocolError(f"malformed msgpack: {exc}") from None
+        offset = self._unpacker.tell()
+        wire_size = offset - self._last_offset
+        self._last_offset = offset
+        if message is None:
+            return Heartbeat()
+        if type(message) is not list:
+            raise ProtocolError(f"a request must be an array, got {type(message).__name__}")
+        if message and message[0] == "PING" and len(message) == 6:
+            return _ping(message)
+        return self._request(message, wire_size, now_ns)
+
+    def _request(self, message: list, wire_size: int, now_ns: int) -> Request:
+        if len(message) < 2:
+            raise ProtocolError(f"a request needs a tag and entries, got {len(message)} element(s)")
+        tag = message[0]
+        if type(tag) is bytes:
+            tag = tag.decode("utf-8", "surrogateescape")
+        if type(tag) is not str or not tag:
+            raise ProtocolError("the tag must be a non-empty string")
+        try:
+            tag.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("the tag is not valid UTF-8") from None
+        body = message[1]
+        kind = type(body)
+        if kind is list:
+            option = _option(message, 2)
+            entries = message[1]
+            mode = "forward"
+        elif kind is str or kind is bytes:
+            option = _option(message, 2)
+            payload = body.encode("utf-8", "surrogateescape") if kind is str else body
+            compressed = option.get("compressed")
+            if compressed in (None, "text"):
+                mode = "packed_forward"
+            elif compressed == "gzip":
+                payload = _gunzip(payload, self.limits.decompression_size_limit)
+                mode = "compressed_packed_forward"
+            elif compressed == "zstd":
+                payload = _unzstd(payload, self.limits.decompression_size_limit)
+                mode = "compressed_packed_forward"
+            else:
+                raise ProtocolError(f"unknown compression {compressed!r}")
+            entries = self._unpack_entries(payload)
+        elif kind is int or kind is EventTime or kind is float or body is None:
+            if len(message) < 3:
+                raise ProtocolError("a Message mode request needs a record")
+            option = _option(message, 3)
+            entries = [[body, message[2]]]
+            mode = "message"
+        else:
+            raise ProtocolError(f"unknown request mode: element 1 is {kind.__name__}")
+
+        signal = option.get("fluent_signal", 0)
+        if signal not in (0, None):
+            name = SIGNAL_NAMES.get(signal, repr(signal))
+            raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
+
+        request = Request(tag, [], _chunk(option), mode, wire_size, option=option)
+        self._collect(request, entries, now_ns)
+        return request
+
+    def _unpack_entries(self, payload: bytes) -> list:
+        unpacker = self.limits.unpacker(max(len(payload), 1))
+        try:
+            unpacker.feed(payload)
+            entries = list(unpacker)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ProtocolError(f"malformed packed entries: {exc}") from None
+        if unpacker.tell() != len(payload):
+            raise ProtocolError("packed entries end in the middle of an entry")
+        return entries
+
+    def _collect(self, request: Request, entries: list, now_ns: int) -> None:
+        out = request.entries
+        for entry in entries:
+            if type(entry) is list and len(entry) >= 2:
+                time, record = entry[0], entry[1]
+                if type(time) is list and time:  # v1.5: [EventTime, {metadata}]
+                    time = time[0]
+                if time is GROUP_MARKER:
+                    request.markers += 1
+                    continue
+                time_ns = _time_ns(time, now_ns)
+                if time_ns is not None and type(record) is dict:
+                    out.append((time_ns, record))
+                    continue
+            if not self.skip_invalid_event:
+                raise ProtocolError("invalid entry (expected [time, record]) and skip_invalid_event is false")
+            request.invalid += 1
+
+
+def _option(message: list, index: int) -> dict[str, Any]:
+    if len(message) <= index or message[index] is None:
+        return {}
+    option = message[index]
+    if type(option) is not dict:
+        raise ProtocolError(f"the option must be a map, got {type(option).__name__}")
+    return option
+
+
+def _chunk(option: dict[str, Any]) -> str | bytes | None:
+    chunk = option.get("chunk")
+    if chunk is None:
+        return None
+    if type(chunk) not in (str, bytes):
+        raise ProtocolError(f"the chunk option must be a string, got {type(chunk).__name__}")
+    return chunk
+
+
+def _ping(message: list) -> Ping:
+    def text(value: Any, what: str) -> str:
+        if type(value) is bytes:
+            return value.decode("utf-8", "surrogateescape")
+        if type(value) is not str:
+            raise ProtocolError(f"PING {what} must be a string")
+        return value
+
+    def raw(value: Any, what: str) -> bytes:
+        if type(value) is str:
+            return value.encode("utf-8", "surrogateescape")
+        if type(value) is not bytes:
+            raise ProtocolError(f"PING {what} must be a string")
+        return value
+
+    _, hostname, salt, digest, username, password = message
+    return Ping(
+        text(hostname, "hostname"),
+        raw(salt, "salt"),
+        text(digest, "digest"),
+        text(username, "username"),
+        text(password, "password digest"),
+    )
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    """Every gzip member, concatenated, refusing more than ``cap`` bytes of output."""
+    out = bytearray()
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(data, cap - len(out) + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"bad gzip data: {exc}") from None
+        if len(out) > cap or inflater.unconsumed_tail:
+            raise ProtocolError(f"gzip data inflates past decompression_size_limit ({cap} bytes)")
+        if not inflater.eof:
+            raise ProtocolError("gzip data ends in the middle of a member")
+        data = inflater.unused_data
+    return bytes(out)
+
+
+_ZSTD = zstandard.ZstdDecompressor()
+
+
+def _unzstd(data: bytes, cap: int) -> bytes:
+    """Every zstd frame (content size not required), refusing more than ``cap`` bytes of output."""
+    try:
+        with _ZSTD.stream_reader(data, read_across_frames=True) as reader:
+            out = reader.read(cap + 1)
+            if len(out) > cap:
+                raise ProtocolError(f"zstd data inflates past decompression_size_limit ({cap} bytes)")
+            if reader.read(1):  # pragma: no cover - read(cap+1) returns everything below the cap
+                raise ProtocolError("zstd data inflates past decompression_size_limit")
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"bad zstd data: {exc}") from None
+    return out
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+_PACKER_OPTIONS = dict(use_bin_type=True, unicode_errors="surrogateescape")
+
+
+def encode_ack(chunk: str | bytes) -> bytes:
+    """``{"ack": chunk}`` with the chunk echoed in the type it came in (str stays str: Fluent Bit
+    refuses a bin ack; Fluentd's token keeps its trailing newline)."""
+    return msgpack.packb({"ack": chunk}, **_PACKER_OPTIONS)
+
+
+def encode_event_time(time_ns: int) -> msgpack.ExtType:
+    seconds, nanos = divmod(time_ns, NS)
+    return msgpack.ExtType(EVENT_TIME_EXT, _EVENT_TIME.pack(seconds, nanos))
+
+
+def encode_helo(nonce: bytes, auth: bytes, keepalive: bool) -> bytes:
+    """``["HELO", {"nonce": bin, "auth": bin, "keepalive": bool}]``, nonce and auth as bin like
+    Fluentd (``auth`` empty when no user authentication is configured)."""
+    return msgpack.packb(["HELO", {"nonce": nonce, "auth": auth, "keepalive": keepalive}], use_bin_type=True)
+
+
+def encode_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
+    """``["PONG", ok, reason, server_hostname, digest]``; on failure hostname and digest are ""."""
+    return msgpack.packb(["PONG", ok, reason, hostname, digest], **_PACKER_OPTIONS)
