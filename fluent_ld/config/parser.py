@@ -13,7 +13,8 @@ The rules follow Fluentd's ``v1_parser.rb`` and ``literal_parser.rb``:
 - Unquoted values run to the end of the line; whitespace followed by ``#`` starts a comment, a ``#``
   inside a word is kept (``color#1``). Trailing whitespace is dropped.
 - ``"double"`` quotes take the escapes ``\\" \\' \\\\ \\n \\r \\t \\f \\b`` and ``#{...}`` embedded
-  code; ``'single'`` quotes take ``\\'`` and ``\\\\`` only.
+  code; ``'single'`` quotes take ``\\'`` and ``\\\\`` only. A double-quoted value may span lines
+  (its line breaks are kept; a backslash at the end of a line joins it to the next).
 - A value starting with ``[`` or ``{`` is JSON and may span lines, with ``#`` comments outside strings.
 - ``@include PATTERN`` pulls other files in at that point, at the root or inside a section.
 """
@@ -39,6 +40,8 @@ __all__ = [
 # Deep enough for any real layout of included files, small enough to stop a cycle that hides
 # behind different spellings of one path (symlinks, ``./a/../a``) long before the stack runs out.
 MAX_INCLUDE_DEPTH = 32
+# Far deeper than any real config; keeps garbage like "<a>" x 5000 a syntax error, not a RecursionError.
+MAX_SECTION_DEPTH = 64
 
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _HSPACE = re.compile(r"[ \t]*")
@@ -126,6 +129,7 @@ class _Parser:
         context: EvalContext,
         include: IncludeResolver | None,
         stack: tuple[str, ...],
+        depth: int = 0,
     ) -> None:
         self.text = text
         self.name = name
@@ -134,6 +138,7 @@ class _Parser:
         self.stack = stack
         self.pos = 0
         self.line = 1
+        self.depth = depth  # sections open around this point, counting those of including files
 
     # -- scanning helpers -------------------------------------------------------------------
 
@@ -146,6 +151,8 @@ class _Parser:
     def advance(self, n: int) -> str:
         chunk = self.text[self.pos : self.pos + n]
         self.line += chunk.count("\n") + chunk.count("\r") - chunk.count("\r\n")
+        if chunk.startswith("\n") and self.pos > 0 and self.text[self.pos - 1] == "\r":
+            self.line -= 1  # the "\r" of this "\r\n" was counted by the previous call
         self.pos += n
         return chunk
 
@@ -234,7 +241,11 @@ class _Parser:
         self.advance(1)
         self.expect_line_end(f"<{name}>")
         element = Element(name, arg, where)
+        if self.depth >= MAX_SECTION_DEPTH:
+            raise ConfigSyntaxError(where, f"sections nested deeper than {MAX_SECTION_DEPTH}")
+        self.depth += 1
         self.parse_body(element, is_root=False)
+        self.depth -= 1
         return element
 
     def parse_parameter(self, element: Element) -> None:
@@ -244,6 +255,8 @@ class _Parser:
         line_end = _LINE_END.match(self.text, self.pos)
         if line_end:
             # A key alone on its line (or followed by a comment): Fluentd reads it as "".
+            if key == "@include":
+                raise ConfigSyntaxError(where, "@include needs a path or a glob pattern")
             self.advance(line_end.end() - self.pos)
             value = Value("", where)
         elif key == "@include":
@@ -266,9 +279,10 @@ class _Parser:
         c = self.peek()
         if c in "[{":
             decoded = self.scan_json()
-            return Value(json.dumps(decoded, ensure_ascii=False), where, decoded, True)
+            text = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+            return Value(text, where, decoded, True)
         if c in ('"', "'"):
-            return Value(self.scan_quoted(), where)
+            return Value(self.scan_quoted(multiline=True), where)
         return Value(self.scan_unquoted(), where)
 
     def scan_unquoted(self) -> str:
@@ -283,19 +297,25 @@ class _Parser:
             out.append(self.advance(1))
         return "".join(out)
 
-    def scan_quoted(self) -> str:
+    def scan_quoted(self, multiline: bool = False) -> str:
+        """A quoted string. A double-quoted parameter value (``multiline``) may span lines, as in
+        Fluentd: its line breaks are kept, and a backslash right before one joins the lines."""
         quote = self.advance(1)
         start_line = self.line
+        multiline = multiline and quote == '"'
         out: list[str] = []
         while True:
-            if self.eof() or self.peek() in "\r\n":
+            if self.eof() or (self.peek() in "\r\n" and not multiline):
                 kind = "double" if quote == '"' else "single"
                 raise self.error(f"unterminated {kind}-quoted string", start_line)
             c = self.peek()
             if c == quote:
                 self.advance(1)
                 return "".join(out)
-            if c == "\\":
+            if multiline and c == "\\" and self.text[self.pos + 1 : self.pos + 2] in ("\r", "\n"):
+                self.advance(1)
+                self.advance(2 if self.startswith("\r\n") else 1)
+            elif c == "\\":
                 out.append(self.scan_escape(quote))
             elif quote == '"' and self.startswith("#{"):
                 out.append(self.scan_embedded())
@@ -334,16 +354,22 @@ class _Parser:
                 raise self.error("unterminated '#{' in a double-quoted string", line)
             c = self.peek()
             if quote:
+                if self.startswith(quote):
+                    self.advance(len(quote))
+                    quote = ""
+                    continue
                 if c == "\\":
                     self.advance(1)
-                elif c == quote:
-                    quote = ""
+            elif self.startswith('\\"'):  # "#{ENV[\"NAME\"]}": quotes escaped for the outer string
+                quote = '\\"'
+                self.advance(2)
+                continue
             elif c in "'\"":
                 quote = c
             elif c == "}":
                 break
             self.advance(1)
-        code = self.text[start : self.pos]
+        code = self.text[start : self.pos].replace('\\"', '"')
         self.advance(1)
         return self.evaluate(code, line)
 
@@ -408,9 +434,11 @@ class _Parser:
                     break
         source = "".join(out)
         try:
-            return json.loads(source)
+            return json.loads(source, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise self.error(f"invalid JSON {kind}: {exc.msg}", start_line + exc.lineno - 1) from None
+        except (ValueError, RecursionError) as exc:  # NaN/Infinity, a number too long, too deep
+            raise self.error(f"invalid JSON {kind}: {exc}", start_line) from None
 
     # -- @include -------------------------------------------------------------------------------
 
@@ -418,9 +446,9 @@ class _Parser:
         pattern = self.scan_quoted() if self.peek() in ('"', "'") else self.scan_unquoted()
         self.expect_line_end("@include")
         if not pattern:
-            raise self.error("@include needs a path or a glob pattern")
+            raise ConfigSyntaxError(where, "@include needs a path or a glob pattern")
         if self.include is None:
-            raise self.error("@include is not available here")
+            raise ConfigSyntaxError(where, "@include is not available here")
         for source in self.include(pattern, where):
             if source.name in self.stack:
                 chain = " -> ".join((*self.stack[self.stack.index(source.name) :], source.name))
@@ -430,6 +458,15 @@ class _Parser:
                     where, f"@include nested deeper than {MAX_INCLUDE_DEPTH} files (a cycle?)"
                 )
             nested = _Parser(
-                source.text, source.name, self.context, self.include, (*self.stack, source.name)
+                source.text,
+                source.name,
+                self.context,
+                self.include,
+                (*self.stack, source.name),
+                self.depth,
             )
             nested.parse_body(element, is_root=True)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -275,12 +275,18 @@ class Decoder:
 
     def _unpack_entries(self, payload: bytes) -> list:
         unpacker = self.limits.unpacker(max(len(payload), 1))
+        entries = []
+        end = 0  # where the last whole entry ends (tell() moves on over a partial one)
         try:
             unpacker.feed(payload)
-            entries = list(unpacker)
+            while True:
+                entries.append(unpacker.unpack())
+                end = unpacker.tell()
+        except msgpack.OutOfData:
+            pass
         except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(f"malformed packed entries: {exc}") from None
-        if unpacker.tell() != len(payload):
+        if end != len(payload):
             raise ProtocolError("packed entries end in the middle of an entry")
         return entries
 
@@ -367,17 +373,25 @@ _ZSTD = zstandard.ZstdDecompressor()
 
 
 def _unzstd(data: bytes, cap: int) -> bytes:
-    """Every zstd frame (content size not required), refusing more than ``cap`` bytes of output."""
+    """Every zstd frame (content size not required), refusing more than ``cap`` bytes of output.
+
+    Two passes: a capped streaming read stops a bomb before it allocates, then frame-by-frame
+    decoding (bounded by that first answer) checks that every frame is whole, which the streaming
+    reader does not report."""
     try:
         with _ZSTD.stream_reader(data, read_across_frames=True) as reader:
-            out = reader.read(cap + 1)
-            if len(out) > cap:
+            if len(reader.read(cap + 1)) > cap:
                 raise ProtocolError(f"zstd data inflates past decompression_size_limit ({cap} bytes)")
-            if reader.read(1):  # pragma: no cover - read(cap+1) returns everything below the cap
-                raise ProtocolError("zstd data inflates past decompression_size_limit")
+        out = bytearray()
+        while data:
+            frame = _ZSTD.decompressobj()
+            out += frame.decompress(data)
+            if not frame.eof:
+                raise ProtocolError("zstd data ends in the middle of a frame")
+            data = frame.unused_data
     except zstandard.ZstdError as exc:
         raise ProtocolError(f"bad zstd data: {exc}") from None
-    return out
+    return bytes(out)
 
 
 # -- encoding ------------------------------------------------------------------------------------
