@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -610,6 +610,3 @@ def _unknown(kind: str, name: str, spec: Section) -> str:
 def _tag(element: Element) -> str:
     return element.name + (f" {element.arg}" if element.arg else "")
 
-
-def param_names(spec: Section) -> Sequence[str]:
-    return [p.name for p in spec.params]
