@@ -7,13 +7,13 @@ generates the reference docs and builds the :class:`~fluent_ld.config.params.Con
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf, Section
 
-__all__ = ["Entries", "Emitter", "Output", "Plugin", "Source", "StartError"]
+__all__ = ["BufferFullError", "Entries", "Emitter", "Output", "Plugin", "Source", "StartError"]
 
 # One event: its time in integer nanoseconds since the Unix epoch (exact for every forward time
 # form, including EventTime's nanoseconds) and its record.
@@ -32,6 +32,15 @@ _LEVELS = {
 def log_level(name: str) -> int:
     """A Fluentd log level name as a :mod:`logging` level."""
     return _LEVELS[name]
+
+
+class BufferFullError(Exception):
+    """The destination is over its high watermark: nothing was admitted. The caller stops reading
+    from its client (or answers 503) and awaits :meth:`wait_for_room` before trying again."""
+
+    def __init__(self, message: str, wait_for_room: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.wait_for_room = wait_for_room
 
 
 class StartError(Exception):
