@@ -274,39 +274,53 @@ class Decoder:
         return request
 
     def _unpack_entries(self, payload: bytes) -> list:
-        unpacker = self.limits.unpacker(max(len(payload), 1))
-        entries = []
-        end = 0  # where the last whole entry ends (tell() moves on over a partial one)
+        unpacker = self.limits.unpacker(len(payload) + 1)
         try:
             unpacker.feed(payload)
-            while True:
-                entries.append(unpacker.unpack())
-                end = unpacker.tell()
-        except msgpack.OutOfData:
-            pass
+            # A trailing nil as a sentinel: it comes back as its own object only if the last entry
+            # was whole; a truncated entry swallows it (or stays incomplete). This lets the C
+            # iterator do the loop instead of Python.
+            unpacker.feed(b"\xc0")
+            entries = list(unpacker)
         except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(f"malformed packed entries: {exc}") from None
-        if end != len(payload):
+        if not entries or entries[-1] is not None or unpacker.tell() != len(payload) + 1:
             raise ProtocolError("packed entries end in the middle of an entry")
+        entries.pop()
         return entries
 
     def _collect(self, request: Request, entries: list, now_ns: int) -> None:
         out = request.entries
+        append = out.append
         for entry in entries:
-            if type(entry) is list and len(entry) >= 2:
-                time, record = entry[0], entry[1]
-                if type(time) is list and time:  # v1.5: [EventTime, {metadata}]
-                    time = time[0]
-                if time is GROUP_MARKER:
-                    request.markers += 1
-                    continue
-                time_ns = _time_ns(time, now_ns)
-                if time_ns is not None and type(record) is dict:
-                    out.append((time_ns, record))
-                    continue
-            if not self.skip_invalid_event:
-                raise ProtocolError("invalid entry (expected [time, record]) and skip_invalid_event is false")
-            request.invalid += 1
+            # The common shape first: [time, record] with an EventTime or an integer.
+            if type(entry) is list and len(entry) == 2:
+                time, record = entry
+                if type(record) is dict:
+                    kind = type(time)
+                    if kind is EventTime and time:
+                        append((int(time), record))
+                        continue
+                    if kind is int and time > 0:
+                        append((time * NS, record))
+                        continue
+            self._collect_slow(request, entry, now_ns)
+
+    def _collect_slow(self, request: Request, entry: Any, now_ns: int) -> None:
+        if type(entry) is list and len(entry) >= 2:
+            time, record = entry[0], entry[1]
+            if type(time) is list and time:  # v1.5: [EventTime, {metadata}]
+                time = time[0]
+            if time is GROUP_MARKER:
+                request.markers += 1
+                return
+            time_ns = _time_ns(time, now_ns)
+            if time_ns is not None and type(record) is dict:
+                request.entries.append((time_ns, record))
+                return
+        if not self.skip_invalid_event:
+            raise ProtocolError("invalid entry (expected [time, record]) and skip_invalid_event is false")
+        request.invalid += 1
 
 
 def _option(message: list, index: int) -> dict[str, Any]:
