@@ -101,6 +101,106 @@ async def _serve(config) -> None:
     await Node(config).run(stop)
 
 
+def _mapping_conf(args: argparse.Namespace):
+    """The mapping parameters from ``-c FILE`` (its LaunchDarkly <match>), ``--preset``, or the
+    Default preset."""
+    from fluent_ld.config.errors import ConfigError, Where
+    from fluent_ld.config.loader import read_tree
+    from fluent_ld.mapping_config import mapping_conf, preset_element
+
+    if args.config:
+        root = read_tree(args.config)
+        matches = []
+        for e in root.elements:
+            kind, plugin_id = e.param("@type"), e.param("@id")
+            if e.name == "match" and kind is not None and kind.text == "launchdarkly":
+                if not args.id or (plugin_id is not None and plugin_id.text == args.id):
+                    matches.append(e)
+        if not matches:
+            which = f" with @id {args.id}" if args.id else ""
+            raise ConfigErrors([ConfigError(Where(args.config, 0), f"no <match> with @type launchdarkly{which}")])
+        return mapping_conf(matches[0], f"<match {matches[0].arg}> @type launchdarkly")
+    return mapping_conf(preset_element(args.preset) if args.preset else None, "--preset")
+
+
+def _cmd_map(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+
+    from fluent_ld.mapping import Rejection
+    from fluent_ld.mapping_config import build_mapper
+
+    try:
+        mapper = build_mapper(_mapping_conf(args))
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return EXIT_FAILED
+    counts = {"mapped": 0, "invalid": 0, "unmapped": 0}
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                result = Rejection("invalid", f"not JSON: {exc}", line)
+            else:
+                result = mapper.map(record, time.time_ns())
+            if isinstance(result, Rejection):
+                counts[result.kind] += 1
+                print(f"line {number}: rejected ({result.kind}): {result.reason}")
+            else:
+                counts["mapped"] += 1
+                print(orjson.dumps(result).decode())
+    total = sum(counts.values())
+    print(
+        f"{total} event{'s' if total != 1 else ''}: {counts['mapped']} mapped, "
+        f"{counts['invalid']} invalid, {counts['unmapped']} unmapped"
+    )
+    return EXIT_OK if counts["invalid"] == counts["unmapped"] == 0 else EXIT_FAILED
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from fluent_ld.mapping_config import build_preset
+    from fluent_ld.preset.schema import schemas
+
+    try:
+        preset = build_preset(_mapping_conf(args))
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return EXIT_FAILED
+    generated = schemas(preset)
+    if args.event is not None:
+        if args.event not in generated:
+            known = ", ".join(n for n in generated if n != "envelope")
+            print(f"no event {args.event!r} in the preset; events: {known}", file=sys.stderr)
+            return EXIT_FAILED
+        generated = {args.event: generated[args.event]}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for name, schema in generated.items():
+            stem = "envelope" if name == "envelope" else preset.events[name].key
+            path = os.path.join(args.out, f"{stem}.schema.json")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(schema, indent=2) + "\n")
+            print(path)
+        return EXIT_OK
+    only = next(iter(generated.values())) if args.event is not None else generated
+    print(json.dumps(only, indent=2))
+    return EXIT_OK
+
+
+def _add_mapping_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="take the mapping from this config's LaunchDarkly <match>")
+    parser.add_argument("--id", metavar="ID", help="with -c: the @id of the <match> to use (default: the first)")
+    parser.add_argument("--preset", metavar="NAME|FILE", help="a preset without a config (default: default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluent-ld",
@@ -128,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("config-docs", help="print the reference of every plugin's parameters")
     docs.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
     docs.set_defaults(func=_cmd_config_docs)
+
+    mapper = sub.add_parser(
+        "map", help="dry run: map Signal events (JSON lines) and print each result and why"
+    )
+    mapper.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="JSON lines (default: stdin)")
+    _add_mapping_options(mapper)
+    mapper.set_defaults(func=_cmd_map)
+
+    schema = sub.add_parser("schema", help="print or write the JSON Schemas generated from the preset")
+    schema.add_argument("--event", metavar="NAME", help="only this Signal event's schema (or 'envelope')")
+    schema.add_argument("--out", metavar="DIR", help="write one file per schema into DIR")
+    _add_mapping_options(schema)
+    schema.set_defaults(func=_cmd_schema)
     return parser
 
 

@@ -243,9 +243,11 @@ class Enum(ParamType):
 
 @dataclass(frozen=True)
 class Array(ParamType):
-    """A JSON array, or a comma-separated list (``a, b, c``) as Fluentd accepts."""
+    """A JSON array, or a comma-separated list (``a, b, c``) as Fluentd accepts; with
+    ``spaces=True`` blanks separate items too (``user_id anonymous_id``)."""
 
     item: ParamType = field(default_factory=String)
+    spaces: bool = False
     name = "array"
 
     def convert(self, value: Value) -> list[Any]:
@@ -256,7 +258,8 @@ class Array(ParamType):
         elif value.text.lstrip().startswith("["):
             items = _json_text(value.text, list, "array")
         else:
-            items = [s.strip() for s in value.text.split(",") if s.strip()]
+            text = value.text.replace(",", " ") if self.spaces else value.text
+            items = [s.strip() for s in text.split(None if self.spaces else ",") if s.strip()]
         out = []
         for i, item in enumerate(items):
             text = item if isinstance(item, str) else json.dumps(item)
