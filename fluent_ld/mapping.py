@@ -63,9 +63,13 @@ class Mapper:
             name: jsonschema_rs.validator_for(schema, validate_formats=True)
             for name, schema in self.schemas.items()
         }
-        self._contexts = [(c.kind, [tuple(p.split(".")) for p in c.key]) for c in preset.contexts]
-        self._metric_paths = {
-            name: tuple(rule.metric_value.split(".")) if rule.metric_value else None
+        # Field paths as tuples; a one-segment path is kept as a plain key (a dict lookup, no loop).
+        self._contexts = [
+            (c.kind, [p if "." not in p else tuple(p.split(".")) for p in c.key]) for c in preset.contexts
+        ]
+        # Per mapped event, what the hot path needs in one lookup: key, validator, metric path.
+        self._events = {
+            name: (rule, self._validators[name], _path(rule.metric_value))
             for name, rule in preset.events.items()
         }
 
@@ -88,36 +92,41 @@ class Mapper:
                 if kind == "track" or (kind is None and "event" in record):
                     return Rejection(INVALID, "event: a track call needs a non-empty event name", record)
                 return Rejection(UNMAPPED, f"{kind or 'untyped'} calls are not mapped", record)
-        rule = self.preset.rule_for(name)
-        if rule is None:
-            return Rejection(UNMAPPED, f"event {name!r} is not in the {self.preset.name!r} preset", record, name)
-        validator = self._validators.get(name) or self._validators["envelope"]
+        known = self._events.get(name)
+        if known is None:
+            rule = self.preset.rule_for(name)  # derived, when unmapped events are derived
+            if rule is None:
+                return Rejection(UNMAPPED, f"event {name!r} is not in the {self.preset.name!r} preset", record, name)
+            known = (rule, self._validators["envelope"], None)
+        rule, validator, metric_path = known
         if not validator.is_valid(record):
             return Rejection(INVALID, self.explain(record, name), record, name)
 
         props = record.get("properties")
         if type(props) is not dict:
             props = {}
-        metric_path = self._metric_paths.get(name)
-        created = _creation_ms(record, time_ns)
+        stamp = record.get("timestamp")
+        created = time_ns // 1_000_000 if stamp is None else _creation_ms(stamp)
         if created is None:
             return Rejection(INVALID, "timestamp: not a date-time this node can read", record, name)
         event: dict[str, Any] = {"kind": "custom", "key": rule.key, "creationDate": created}
+        skip = None
         if metric_path is not None:
-            value = _get(props, metric_path)
+            value = props.get(metric_path) if type(metric_path) is str else _get(props, metric_path)
             if value is not None:
                 if not math.isfinite(value):
                     return Rejection(INVALID, f"properties.{rule.metric_value}: not a finite number", record, name)
                 event["metricValue"] = value
+            if type(metric_path) is str:
+                skip = metric_path
         context_keys = {}
         for kind_name, paths in self._contexts:
             for path in paths:
-                value = _get(record, path)
+                value = record.get(path) if type(path) is str else _get(record, path)
                 if type(value) is str and value:
                     context_keys[kind_name] = value
                     break
         event["contextKeys"] = context_keys
-        skip = metric_path[0] if metric_path is not None and len(metric_path) == 1 else None
         event["data"] = {
             k: v
             for k, v in props.items()
@@ -174,18 +183,24 @@ class Mapper:
         return f"{where}: {best.message}"
 
 
-def _creation_ms(record: dict[str, Any], time_ns: int) -> int | None:
-    stamp = record.get("timestamp")
-    if type(stamp) is str:
-        # Valid RFC 3339 per the schema; fromisoformat reads all of it but leap seconds (":60").
-        try:
-            when = datetime.fromisoformat(stamp.upper())
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            return None
-        return (when - _EPOCH) // _MS
-    return time_ns // 1_000_000
+def _path(path: str | None) -> str | tuple[str, ...] | None:
+    if path is None:
+        return None
+    return path if "." not in path else tuple(path.split("."))
+
+
+def _creation_ms(stamp: Any) -> int | None:
+    """An RFC 3339 timestamp (valid per the schema) in Unix ms; None if it cannot be read
+    (fromisoformat reads all of RFC 3339 but leap seconds, ":60")."""
+    if type(stamp) is not str:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.upper())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return (when - _EPOCH) // _MS
 
 
 def _non_finite(value: Any, path: str = "") -> str | None:
