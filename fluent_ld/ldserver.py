@@ -1,0 +1,155 @@
+"""A LaunchDarkly-compatible metric event import server, for the demo and the tests.
+
+It checks what LaunchDarkly checks (launchdarkly-api-notes.md): the token (401), the project and
+environment keys (404), the schema header (406), the body size (413), that the body is a JSON array
+of ``custom`` events (400), ``Content-Encoding: gzip``; answers 202; records every request; and
+deduplicates by ``X-LaunchDarkly-Payload-ID`` as LaunchDarkly does. Faults can be scripted: answers
+for the next requests (``503, 503`` then normal), ``Retry-After``, slow answers, and events to refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["Fault", "LaunchDarklyServer", "ReceivedRequest"]
+
+BODY_LIMIT = 10_000_000
+IMPORT_PATH = "/v2/event-data-import/{project}/{environment}"
+
+
+@dataclass
+class Fault:
+    """One scripted answer: a status (and headers, body), or a delay before answering normally,
+    or dropping the connection."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    delay: float = 0.0
+    drop: bool = False
+
+
+@dataclass
+class ReceivedRequest:
+    time: float
+    path: str
+    headers: dict[str, str]
+    payload_id: str | None
+    body: bytes  # as sent (gzip-compressed if it was)
+    events: list[Any] | None
+    status: int
+    duplicate: bool = False
+
+
+class LaunchDarklyServer:
+    def __init__(
+        self,
+        token: str = "api-test-token",
+        projects: dict[str, list[str]] | None = None,
+        refuse: Callable[[dict], str | None] | None = None,
+    ) -> None:
+        self.token = token
+        self.projects = projects if projects is not None else {"default": ["production", "test"]}
+        self.refuse = refuse  # an event -> reason to answer 400 for its whole payload
+        self.faults: list[Fault] = []
+        self.requests: list[ReceivedRequest] = []
+        self.accepted: dict[str, list[Any]] = {}  # payload id -> events, each payload once
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.arrived = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def events(self) -> list[Any]:
+        """Every event accepted, each payload once, in arrival order."""
+        return [e for events in self.accepted.values() for e in events]
+
+    def script(self, *faults: Fault | int) -> None:
+        self.faults.extend(f if isinstance(f, Fault) else Fault(status=f) for f in faults)
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application(client_max_size=BODY_LIMIT * 2)
+        app.router.add_post(IMPORT_PATH, self._import)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _import(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        headers = dict(request.headers)
+        payload_id = request.headers.get("X-LaunchDarkly-Payload-ID")
+
+        def answer(status: int, text: str = "", events: Any = None, extra: dict | None = None, duplicate: bool = False) -> web.Response:
+            self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, raw, events, status, duplicate))
+            self.arrived.set()
+            return web.Response(status=status, text=text, headers=extra or {})
+
+        if self.faults:
+            fault = self.faults.pop(0)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, raw, None, 0))
+                request.transport.abort()
+                return web.Response(status=500)
+            if fault.status is not None:
+                return answer(fault.status, fault.body, extra=fault.headers)
+
+        if request.headers.get("Authorization") != self.token:
+            return answer(401, '{"code":"unauthorized","message":"invalid access token"}')
+        project, environment = request.match_info["project"], request.match_info["environment"]
+        if environment not in self.projects.get(project, []):
+            return answer(404, '{"code":"not_found","message":"unknown project or environment"}')
+        if request.headers.get("X-LaunchDarkly-Event-Schema") != "4":
+            return answer(406, '{"code":"not_acceptable","message":"unsupported event schema"}')
+        body = raw
+        if request.headers.get("Content-Encoding") == "gzip":
+            try:
+                body = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error):
+                return answer(400, '{"code":"invalid_request","message":"bad gzip body"}')
+        if len(body) > BODY_LIMIT:
+            return answer(413, '{"code":"payload_too_large","message":"body over 10 MB"}')
+        try:
+            events = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return answer(400, '{"code":"invalid_request","message":"body is not JSON"}')
+        if not isinstance(events, list) or not all(isinstance(e, dict) and e.get("kind") == "custom" for e in events):
+            return answer(400, '{"code":"invalid_request","message":"expected an array of custom events"}', events)
+        if self.refuse is not None:
+            for event in events:
+                reason = self.refuse(event)
+                if reason:
+                    return answer(400, orjson.dumps({"code": "invalid_request", "message": reason}).decode(), events)
+        duplicate = payload_id in self.accepted if payload_id else False
+        if payload_id and not duplicate:
+            self.accepted[payload_id] = events
+        elif not payload_id:
+            self.accepted[f"no-id-{len(self.requests)}"] = events
+        return answer(202, "", events, duplicate=duplicate)
+
+
+async def serve_forever(port: int, token: str) -> None:  # pragma: no cover - used by hand
+    server = LaunchDarklyServer(token)
+    await server.start(port)
+    print(f"LaunchDarkly-compatible server on {server.url} (token {token!r})")
+    await asyncio.Event().wait()

@@ -1,0 +1,314 @@
+"""``@type launchdarkly``: Signal events in, LaunchDarkly custom events out, durably.
+
+admit: validate -> map -> encode -> store (fsync) -> return (the source acks after this).
+drain: cut frozen batches -> POST -> 202 delete | retry later | split | dead letter.
+
+What was admitted is delivered, or waits in the store, or sits in the dead-letter store with its
+reason; it is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import orjson
+
+from fluent_ld.config.errors import ConfigError
+from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, Size, String, Time
+from fluent_ld.encode import LD_BODY_LIMIT
+from fluent_ld.mapping import INVALID
+from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_mapper, check_mapping
+from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, Answer, Sender
+from fluent_ld.plugin import BufferFullError, Entries, Output, StartError
+from fluent_ld.registry import register
+from fluent_ld.retry import RetryPolicy, parse_retry_after
+from fluent_ld.store import Batch, DeadLetter, Store, StoreError
+
+BUFFER = Section(
+    "buffer",
+    "Where admitted events wait, how batches are cut, and how failed sends are retried.",
+    params=(
+        Param("@type", Enum("file", "memory"), "file", "file: SQLite on disk, fsynced before the ack; memory: lost on a crash (tests, trials)."),
+        Param("path", String(), None, "The folder of the store (file buffers); one database per output per worker."),
+        Param("flush_interval", Time(min=0), 1.0, "How long events may wait for more before a batch is cut."),
+        Param("chunk_limit_size", Size(min=1024, max=LD_BODY_LIMIT), 9 * 1024 * 1024, "The largest batch body; LaunchDarkly takes at most 10 MB."),
+        Param("chunk_limit_records", Integer(min=1), 50_000, "The most events in one batch."),
+        Param("total_limit_size", Size(min=1024), 4 * 1024**3, "Undelivered events kept at most; past the high watermark sources are slowed."),
+        Param("high_watermark", Size(min=1), None, "Above this many undelivered bytes, admit reports full (default: 90% of total_limit_size)."),
+        Param("low_watermark", Size(min=0), None, "Below this, sources resume (default: 70% of total_limit_size)."),
+        Param("retry_wait", Time(min=0.001), 1.0, "The wait after a first failed send; it doubles per attempt."),
+        Param("retry_max_interval", Time(min=0.001), 300.0, "The longest wait between attempts."),
+        Param("retry_timeout", Time(min=1), 72 * 3600.0, "A batch not delivered after this long goes to the dead-letter store as expired."),
+        Param("retry_randomize", Bool(), True, "Spread each wait over 87.5%..112.5% so outputs do not retry in step."),
+    ),
+)
+
+# How often an output paused on 401/403/404 tries one batch again, to notice a fix by itself.
+AUTH_PROBE_INTERVAL = 60.0
+AUTH_FIXES = {
+    401: "the access token is invalid or lacks the importEventData permission: issue a token with it (Account settings > Authorization) and set access_token",
+    403: "the access token lacks the importEventData permission: issue a token with it and set access_token",
+    404: "the project or environment key is wrong, or the account is on another cell: check project_key and environment_key; EU accounts use events_host events.eu.launchdarkly.com, US federal events.launchdarkly.us",
+}
+
+
+@register
+class LaunchDarklyOutput(Output):
+    type_name = "launchdarkly"
+    summary = "Sends Signal events to LaunchDarkly's metric event import API, durably, as custom events."
+    section = Section(
+        "match",
+        summary,
+        params=(
+            Param("access_token", String(), REQUIRED, "A token with importEventData, sent raw in Authorization.", secret=True),
+            Param("project_key", String(), REQUIRED, "The LaunchDarkly project key."),
+            Param("environment_key", String(), REQUIRED, "The LaunchDarkly environment key, e.g. production."),
+            Param("events_host", String(), "events.launchdarkly.com", "events.launchdarkly.com, events.eu.launchdarkly.com or events.launchdarkly.us (or a full http(s):// base URL)."),
+            Param("compress", Enum("text", "gzip"), "text", "gzip sends bodies with Content-Encoding: gzip."),
+            Param("request_timeout", Time(min=0.01), 30.0, "How long one request may take before it is retried."),
+            Param("max_concurrent_requests", Integer(1, 64), 4, "Requests in flight at once."),
+            *MAPPING_PARAMS,
+        ),
+        sections=(*MAPPING_SECTIONS, BUFFER),
+    )
+
+    @classmethod
+    def check(cls, conf) -> list[ConfigError]:
+        label = "<match> @type launchdarkly"
+        errors = check_mapping(conf, label)
+        host = conf.events_host
+        if host not in KNOWN_HOSTS and not host.startswith(("http://", "https://")):
+            errors.append(
+                ConfigError(conf.where_of("events_host"), f"{label}: parameter 'events_host': expected one of {', '.join(KNOWN_HOSTS)} or a full http(s):// URL, got {host!r}")
+            )
+        buffer = conf.buffer
+        if buffer["@type"] == "file" and not buffer.path:
+            errors.append(ConfigError(buffer.where, f"{label} <buffer>: a file buffer needs 'path'"))
+        high, low = _watermarks(buffer)
+        if low >= high:
+            errors.append(ConfigError(buffer.where, f"{label} <buffer>: low_watermark must be below high_watermark"))
+        return errors
+
+    def __init__(self, conf, plugin_id, worker: int = 0) -> None:
+        super().__init__(conf, plugin_id)
+        self.mapper = build_mapper(conf)
+        buffer = conf.buffer
+        path = None
+        if buffer["@type"] == "file":
+            path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3")
+        self.store = Store(path)
+        self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
+        self.high, self.low = _watermarks(buffer)
+        self.cap = buffer.chunk_limit_size
+        self.sender = Sender(
+            conf.events_host, conf.project_key, conf.environment_key, conf.access_token.reveal(),
+            conf.compress == "gzip", conf.request_timeout, conf.max_concurrent_requests,
+        )
+        self.stats: dict[str, int] = {}
+        self.paused_until = 0.0
+        self.auth_error: int | None = None  # 401/403/404 while the output waits for a fix
+        self.room = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.inflight: dict[int, asyncio.Task] = {}
+        self._drainer: asyncio.Task | None = None
+        self._stopping = False
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            raise StartError(f"cannot open the store: {exc}") from exc
+        await self.sender.start()
+        self._update_room()
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"drain:{self.id}")
+        where = self.store.path or "memory (lost on a crash)"
+        self.log.info(
+            "Sending to %s as %s/%s; store %s holds %d undelivered events and %d dead letters.",
+            self.sender.url, self.conf.project_key, self.conf.environment_key, where,
+            self.store.pending_events, self.store.dead_letter_count,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        if self._drainer is not None:
+            self._drainer.cancel()
+            try:
+                await self._drainer
+            except asyncio.CancelledError:
+                pass
+        if self.inflight:
+            # Requests already sent may finish; whatever does not stays in the store for the next run.
+            done, pending = await asyncio.wait(list(self.inflight.values()), timeout=5)
+            for task in pending:
+                task.cancel()
+        await self.sender.close()
+        await self.store.close()
+        self.log.info("Stopped with %d undelivered events in the store.", self.store.pending_events)
+
+    # -- admit ---------------------------------------------------------------------------------------
+
+    async def admit(self, tag: str, entries: Entries) -> None:
+        if self.store.pending_bytes >= self.high:
+            self.room.clear()
+            self.count("backpressure_refusals")
+            raise BufferFullError(
+                f"{self.store.pending_bytes} undelivered bytes is over high_watermark ({self.high})", self.room.wait
+            )
+        mapper, cap = self.mapper, self.cap - 2  # a batch body is [ + events + ]
+        fragments: list[bytes] = []
+        lengths: list[int] = []
+        dead: list[DeadLetter] = []
+        unmapped = 0
+        oldest = None
+        for time_ns, record in entries:
+            result = mapper.map_encoded(record, time_ns)
+            if type(result) is bytes:
+                if len(result) > cap:
+                    dead.append(DeadLetter("too_large", f"the encoded event is {len(result)} bytes, over chunk_limit_size", None, tag, time_ns, _json(record), result))
+                    continue
+                fragments.append(result)
+                lengths.append(len(result))
+                if oldest is None or time_ns < oldest:
+                    oldest = time_ns
+            elif result.kind == INVALID:
+                dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, _json(result.record)))
+            else:
+                unmapped += 1
+        if unmapped:
+            self.count("records_unmapped", unmapped)
+        if dead:
+            self.count("records_dead_lettered", len(dead))
+        if not fragments and not dead:
+            return
+        await self.store.append(
+            b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead
+        )
+        self.count("records_admitted", len(fragments))
+        self.wake.set()
+
+    # -- drain ---------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        buffer = self.conf.buffer
+        while not self._stopping:
+            now = time.time()
+            wait = min(max(buffer.flush_interval / 2, 0.05), 1.0)
+            try:
+                if now >= self.paused_until:
+                    await self.store.cut_batches(self.cap, buffer.chunk_limit_records, buffer.flush_interval, now, now)
+                    free = self.conf.max_concurrent_requests - len(self.inflight)
+                    if self.auth_error is not None:
+                        free = min(free, 1 - len(self.inflight))  # probe with one batch at a time
+                    if free > 0:
+                        for batch in await self.store.due_batches(now, free, list(self.inflight)):
+                            self.inflight[batch.id] = asyncio.get_running_loop().create_task(self._send(batch))
+                    nxt = await self.store.next_attempt_at()
+                    if nxt is not None:
+                        wait = min(wait, max(nxt - time.time(), 0.01))
+                else:
+                    wait = min(self.paused_until - now, 1.0)
+            except StoreError as exc:
+                self.log.error("The store failed while cutting or reading batches: %s; trying again.", exc)
+                wait = 1.0
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            now = time.time()
+            if self.policy.expired(batch.created_at, now):
+                await self.store.bury(batch, "expired", f"not delivered within retry_timeout after {batch.attempts} attempt(s)", None)
+                self.count("batches_expired")
+                self.log.error("A batch of %d events expired undelivered after %d attempts: moved to the dead-letter store.", batch.count, batch.attempts)
+                return
+            started = time.perf_counter()
+            answer = await self.sender.post(batch)
+            self.count(f"requests_{answer.status or 'failed'}")
+            await self._handle(batch, answer, time.perf_counter() - started)
+        except StoreError as exc:
+            self.log.error("The store failed while recording a send of batch %s: %s; it will be sent again.", batch.payload_id, exc)
+        finally:
+            self.inflight.pop(batch.id, None)
+            self._update_room()
+            self.wake.set()
+
+    async def _handle(self, batch: Batch, answer: Answer, seconds: float) -> None:
+        status = answer.status
+        now = time.time()
+        if status is not None and 200 <= status < 300:
+            await self.store.delivered(batch)
+            self.count("records_delivered", batch.count)
+            if self.auth_error is not None:
+                self.log.info("LaunchDarkly accepts this output's requests again (was %d); resuming.", self.auth_error)
+                self.auth_error = None
+            return
+        if status in (400, 413):
+            if batch.count > 1:
+                halves = await self.store.split(batch, now)
+                self.count("batches_split")
+                self.log.warning(
+                    "LaunchDarkly answered %d to a batch of %d events (%s); splitting it in two to isolate what it refuses.",
+                    status, batch.count, answer.text[:200], extra={"halves": [h.payload_id for h in halves]},
+                )
+            else:
+                await self.store.bury(batch, "rejected", f"LaunchDarkly answered {status}: {answer.text}", status)
+                self.count("records_dead_lettered")
+                self.log.warning("LaunchDarkly refused an event (%d: %s): moved to the dead-letter store.", status, answer.text[:200])
+            return
+        if status in AUTH_FIXES:
+            if self.auth_error != status:
+                self.log.error("LaunchDarkly answered %d: %s. Nothing is dropped; the output is paused and tries again every %ds.", status, AUTH_FIXES[status], int(AUTH_PROBE_INTERVAL))
+            self.auth_error = status
+            self.paused_until = now + AUTH_PROBE_INTERVAL
+            await self.store.failed(batch, status, answer.text, self.paused_until)
+            return
+        if status == 406:
+            await self.store.bury(batch, "schema", f"LaunchDarkly answered 406 (event schema not accepted): {answer.text}", status)
+            self.log.error("LaunchDarkly answered 406 to X-LaunchDarkly-Event-Schema 4: this is a bug in fluent-ld; the batch is in the dead-letter store.")
+            return
+        if status is not None and 400 <= status < 500 and status != 429:
+            # Documented: never retry a 4xx but 429. Keep the events, with the answer.
+            await self.store.bury(batch, "rejected", f"LaunchDarkly answered {status}: {answer.text}", status)
+            return
+        # 429, 5xx, timeouts, connection errors: retry later, the same bytes with the same payload id.
+        delay = self.policy.delay(batch.attempts + 1, random.random())
+        retry_after = parse_retry_after(answer.retry_after, now)
+        if retry_after is not None:
+            self.paused_until = max(self.paused_until, now + retry_after)  # a pause of the whole output
+            self.count("retry_after_pauses")
+            delay = max(delay, retry_after)
+        await self.store.failed(batch, status, answer.text or "", now + delay)
+        self.count("retries")
+        self.log.warning(
+            "Sending %d events failed (%s); attempt %d, next in %.1fs with the same payload id %s.",
+            batch.count, status or answer.text, batch.attempts + 1, delay, batch.payload_id,
+        )
+
+    def _update_room(self) -> None:
+        if self.store.pending_bytes <= self.low:
+            self.room.set()
+
+
+def _watermarks(buffer) -> tuple[int, int]:
+    total = buffer.total_limit_size
+    high = buffer.high_watermark if buffer.high_watermark is not None else int(total * 0.9)
+    low = buffer.low_watermark if buffer.low_watermark is not None else int(total * 0.7)
+    return high, low
+
+
+def _json(record: Any) -> bytes:
+    return orjson.dumps(record, default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else repr(v))
+

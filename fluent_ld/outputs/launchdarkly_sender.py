@@ -1,0 +1,85 @@
+"""The one place that talks to LaunchDarkly: POST a frozen batch to the metric event import API."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+
+from fluent_ld.encode import gzip_body
+from fluent_ld.store import Batch
+
+__all__ = ["KNOWN_HOSTS", "Answer", "Sender", "base_url"]
+
+# The documented ingestion hosts: US (default), EU, US federal.
+KNOWN_HOSTS = ("events.launchdarkly.com", "events.eu.launchdarkly.com", "events.launchdarkly.us")
+# The seed's User-Agent: LaunchDarkly attributes imports by it.
+USER_AGENT = "MetricImport-Datafly-int/1.0"
+
+
+def base_url(events_host: str) -> str:
+    """``events.launchdarkly.com`` -> ``https://events.launchdarkly.com``; a full URL stays (tests
+    and proxies: ``http://127.0.0.1:8080``)."""
+    if events_host.startswith(("http://", "https://")):
+        return events_host.rstrip("/")
+    return f"https://{events_host}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What LaunchDarkly said: a status (None when no answer came) and its text."""
+
+    status: int | None
+    text: str
+    retry_after: str | None = None
+
+
+class Sender:
+    def __init__(self, events_host: str, project_key: str, environment_key: str, token: str, compress: bool, timeout: float, max_concurrent: int) -> None:
+        self.url = f"{base_url(events_host)}/v2/event-data-import/{quote(project_key, safe='')}/{quote(environment_key, safe='')}"
+        self.token = token
+        self.compress = compress
+        self.timeout = timeout
+        self.max_concurrent = max_concurrent
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit=self.max_concurrent, keepalive_timeout=30),
+            headers={"User-Agent": USER_AGENT},
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def headers(self, batch: Batch) -> dict[str, str]:
+        headers = {
+            "Authorization": self.token,  # raw, no Bearer prefix (seed)
+            "Content-Type": "application/json",
+            "X-LaunchDarkly-Event-Schema": "4",
+            "User-Agent": USER_AGENT,
+            "X-LaunchDarkly-Payload-ID": batch.payload_id,
+        }
+        if self.compress:
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    async def post(self, batch: Batch) -> Answer:
+        """Send a batch once. Network failures and timeouts are an :class:`Answer` with no status."""
+        body = batch.body
+        if self.compress:
+            body = gzip_body(body)  # deterministic: the same bytes on every attempt
+        try:
+            async with self.session.post(self.url, data=body, headers=self.headers(batch)) as response:
+                text = await response.text(errors="replace")
+                return Answer(response.status, text[:2000], response.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            return Answer(None, f"no answer within {self.timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return Answer(None, f"{type(exc).__name__}: {exc}")

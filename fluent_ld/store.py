@@ -1,0 +1,476 @@
+"""The durable store of one LaunchDarkly output (SQLite, standard library).
+
+Three tables:
+
+- ``pending``: one row per admitted request (not per record: a 2,500-event chunk is one insert):
+  its events' JSON fragments joined by ``,``, their lengths, count and bytes.
+- ``batches``: frozen batches. A batch is cut from pending rows (splitting a row at a fragment
+  boundary when it must), gets its payload id, and is written before its first attempt; its bytes
+  never change afterwards, and a retry sends exactly them with the same payload id. The rows it was
+  cut from are deleted in the same transaction, so every event is in exactly one place.
+- ``dead_letters``: events that will not be sent, with kind, reason, status and time.
+
+Durability: WAL journal with ``synchronous=FULL``: a commit returns after its fsync. All writes go
+through one writer thread; operations queued within ``GROUP_COMMIT_WINDOW`` share one transaction
+and one fsync (group commit), so the event loop never blocks on the disk and durability costs one
+fsync per group, not per request. ``path=None`` keeps the database in memory (``<buffer> @type
+memory``: lossy on a crash, said loudly in the docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fluent_ld.encode import pack_lengths, unpack_lengths
+
+__all__ = ["Batch", "DeadLetter", "Store", "StoreError"]
+
+# Operations that arrive within this many seconds of the first one in a group share its commit.
+# A few milliseconds: small against a forward client's ack timeout, large against an fsync.
+GROUP_COMMIT_WINDOW = 0.002
+# The most operations in one transaction, so one group cannot hold the writer for long.
+GROUP_MAX_OPS = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL,
+    lengths BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    oldest_ms INTEGER NOT NULL,
+    admitted_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    payload_id TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL,
+    lengths BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    oldest_ms INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    tag TEXT,
+    time_ns INTEGER,
+    record BLOB,
+    event BLOB,
+    payload_id TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_due ON batches (next_attempt_at);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot take the operation (disk full, unreadable file): the caller must not ack."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    payload_id: str
+    data: bytes  # fragments joined by ",": the body is b"[" + data + b"]"
+    lengths: bytes
+    count: int
+    bytes: int
+    oldest_ms: int
+    created_at: float
+    attempts: int
+
+    @property
+    def body(self) -> bytes:
+        return b"[" + self.data + b"]"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    kind: str  # invalid, too_large, rejected (by LaunchDarkly), expired, schema (406)
+    reason: str
+    status: int | None = None
+    tag: str | None = None
+    time_ns: int | None = None
+    record: bytes | None = None  # the original record as JSON, when there is one
+    event: bytes | None = None  # the mapped LaunchDarkly event as JSON, when there is one
+    payload_id: str | None = None
+
+
+class Store:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.pending_events = 0
+        self.pending_bytes = 0  # events not yet delivered: pending rows and batches
+        self.dead_letter_count = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.fsyncs = 0
+        self.fsync_seconds = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future = self._loop.create_future()
+        self._thread = threading.Thread(target=self._writer, args=(ready,), name="store-writer", daemon=True)
+        self._thread.start()
+        await ready
+        counts = await self._call(_totals)
+        self.pending_events, self.pending_bytes, self.dead_letter_count = counts
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=OFF")
+        else:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use the WAL journal (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _writer(self, ready: asyncio.Future) -> None:
+        loop = self._loop
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            loop.call_soon_threadsafe(_set_exception, ready, StoreError(f"{self.path}: {exc}"))
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group = [first]
+                deadline = time.monotonic() + GROUP_COMMIT_WINDOW
+                stop = False
+                while len(group) < GROUP_MAX_OPS:
+                    timeout = deadline - time.monotonic()
+                    try:
+                        op = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        stop = True
+                        break
+                    group.append(op)
+                self._run_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
+        """One transaction for the whole group; each operation in a savepoint, so one that fails
+        fails alone. Results are delivered only after the commit (the fsync) returned."""
+        results = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in group:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((future, True, fn(conn, self)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # the operation's own failure: roll back just it
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((future, False, exc))
+            started = time.perf_counter()
+            conn.execute("COMMIT")
+            self.fsync_seconds += time.perf_counter() - started
+            self.fsyncs += 1
+        except sqlite3.Error as exc:  # disk full, I/O error: nothing in this group is durable
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = StoreError(f"{self.path or 'memory store'}: {exc}")
+            results = [(future, False, error) for _, future in group]
+        for future, ok, value in results:
+            self._loop.call_soon_threadsafe(_set_result if ok else _set_exception, future, value)
+
+    def _call(self, fn: Callable[[sqlite3.Connection, Store], Any]) -> asyncio.Future:
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        future = self._loop.create_future()
+        self._queue.put((fn, future))
+        return future
+
+    # -- the operations ------------------------------------------------------------------------------
+
+    async def append(self, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, dead: Sequence[DeadLetter] = ()) -> None:
+        """Store one request's events (``data``: fragments joined by ","; ``nbytes``: the
+        fragments' own bytes) and its dead letters; returns once they are on disk."""
+        count = len(lengths)
+        packed = pack_lengths(lengths)
+        now = time.time()
+
+        def op(conn: sqlite3.Connection, store: Store) -> None:
+            if count:
+                conn.execute(
+                    "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (data, packed, count, nbytes, oldest_ms, now),
+                )
+            _insert_dead(conn, dead, now)
+
+        await self._call(op)
+        self.pending_events += count
+        self.pending_bytes += nbytes
+        self.dead_letter_count += len(dead)
+
+    async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        await self._call(lambda conn, store: _insert_dead(conn, dead, time.time()))
+        self.dead_letter_count += len(dead)
+
+    async def cut_batches(self, max_body: int, max_records: int, linger: float, now: float, retry_at: float) -> int:
+        """Freeze pending events into batches of at most ``max_body`` body bytes and
+        ``max_records`` events, once the oldest pending row has waited ``linger`` seconds or a
+        full batch is waiting. Returns how many batches were cut."""
+
+        def op(conn: sqlite3.Connection, store: Store) -> int:
+            first = conn.execute("SELECT MIN(admitted_at), SUM(bytes) + SUM(count), SUM(count) FROM pending").fetchone()
+            if first[0] is None:
+                return 0
+            if now - first[0] < linger and first[1] + 1 < max_body and first[2] < max_records:
+                return 0
+            return _cut(conn, max_body, max_records, now, retry_at, cut_partial=True)
+
+        return await self._call(op)
+
+    async def due_batches(self, now: float, limit: int, exclude: Sequence[int] = ()) -> list[Batch]:
+        def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
+            rows = conn.execute(
+                "SELECT id, payload_id, data, lengths, count, bytes, oldest_ms, created_at, attempts FROM batches "
+                "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+                (now, limit + len(exclude)),
+            ).fetchall()
+            return [Batch(*r) for r in rows if r[0] not in exclude][:limit]
+
+        return await self._call(op)
+
+    async def next_attempt_at(self) -> float | None:
+        return await self._call(lambda conn, store: conn.execute("SELECT MIN(next_attempt_at) FROM batches").fetchone()[0])
+
+    async def delivered(self, batch: Batch) -> None:
+        await self._call(lambda conn, store: conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,)))
+        self.pending_events -= batch.count
+        self.pending_bytes -= batch.bytes
+
+    async def failed(self, batch: Batch, status: int | None, error: str, next_attempt_at: float) -> None:
+        await self._call(
+            lambda conn, store: conn.execute(
+                "UPDATE batches SET attempts = attempts + 1, next_attempt_at = ?, last_status = ?, last_error = ? WHERE id = ?",
+                (next_attempt_at, status, error[:2000], batch.id),
+            )
+        )
+
+    async def postpone_all(self, until: float) -> None:
+        """Push every batch's next attempt to at least ``until`` (a pause of the whole output)."""
+        await self._call(
+            lambda conn, store: conn.execute("UPDATE batches SET next_attempt_at = ? WHERE next_attempt_at < ?", (until, until))
+        )
+
+    async def split(self, batch: Batch, now: float) -> list[Batch]:
+        """Replace a batch with its two halves, each a new frozen batch with a new payload id."""
+        lengths = unpack_lengths(batch.lengths)
+        if len(lengths) < 2:
+            raise ValueError("a batch of one event cannot be split")
+        half = len(lengths) // 2
+        cut = sum(lengths[:half]) + half  # the first half's fragments and the commas between them
+
+        def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
+            conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            out = []
+            for data, part in ((batch.data[: cut - 1], lengths[:half]), (batch.data[cut:], lengths[half:])):
+                out.append(_insert_batch(conn, data, part, sum(part), batch.oldest_ms, batch.created_at, now))
+            return out
+
+        return await self._call(op)
+
+    async def bury(self, batch: Batch, kind: str, reason: str, status: int | None) -> None:
+        """Move every event of a batch to the dead-letter store (one letter per event)."""
+        fragments = _fragments(batch)
+        now = time.time()
+
+        def op(conn: sqlite3.Connection, store: Store) -> None:
+            conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            _insert_dead(
+                conn,
+                [DeadLetter(kind, reason, status, event=f, payload_id=batch.payload_id) for f in fragments],
+                now,
+            )
+
+        await self._call(op)
+        self.pending_events -= batch.count
+        self.pending_bytes -= batch.bytes
+        self.dead_letter_count += len(fragments)
+
+    async def status(self) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection, store: Store) -> dict[str, Any]:
+            p = conn.execute("SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms) FROM pending").fetchone()
+            b = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms), MAX(attempts) FROM batches"
+            ).fetchone()
+            d = conn.execute("SELECT kind, COUNT(*) FROM dead_letters GROUP BY kind ORDER BY kind").fetchall()
+            oldest = min([x for x in (p[3], b[3]) if x is not None], default=None)
+            return {
+                "pending_rows": p[0],
+                "batches": b[0],
+                "events": p[1] + b[1],
+                "bytes": p[2] + b[2],
+                "oldest_event_ms": oldest,
+                "max_attempts": b[4] or 0,
+                "dead_letters": dict(d),
+            }
+
+        return await self._call(op)
+
+    async def dead_letters(self, limit: int = 100, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection, store: Store) -> list[dict[str, Any]]:
+            cols = "id, created_at, kind, reason, status, tag, time_ns, record, event, payload_id"
+            if ids is not None:
+                marks = ",".join("?" * len(ids))
+                rows = conn.execute(f"SELECT {cols} FROM dead_letters WHERE id IN ({marks}) ORDER BY id", list(ids)).fetchall()
+            else:
+                rows = conn.execute(f"SELECT {cols} FROM dead_letters ORDER BY id LIMIT ?", (limit,)).fetchall()
+            names = [c.strip() for c in cols.split(",")]
+            return [dict(zip(names, r)) for r in rows]
+
+        return await self._call(op)
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None) -> int:
+        def op(conn: sqlite3.Connection, store: Store) -> int:
+            if ids is None:
+                return conn.execute("DELETE FROM dead_letters").rowcount
+            marks = ",".join("?" * len(ids))
+            return conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", list(ids)).rowcount
+
+        removed = await self._call(op)
+        self.dead_letter_count -= removed
+        return removed
+
+
+# -- helpers run on the writer thread ---------------------------------------------------------------
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _totals(conn: sqlite3.Connection, store: Store) -> tuple[int, int, int]:
+    p = conn.execute("SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM pending").fetchone()
+    b = conn.execute("SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM batches").fetchone()
+    d = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+    return p[0] + b[0], p[1] + b[1], d[0]
+
+
+def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter], now: float) -> None:
+    if dead:
+        conn.executemany(
+            "INSERT INTO dead_letters (created_at, kind, reason, status, tag, time_ns, record, event, payload_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(now, d.kind, d.reason, d.status, d.tag, d.time_ns, d.record, d.event, d.payload_id) for d in dead],
+        )
+
+
+def _insert_batch(conn: sqlite3.Connection, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, created_at: float, retry_at: float) -> Batch:
+    payload_id = str(uuid.uuid4())
+    packed = pack_lengths(lengths)
+    cursor = conn.execute(
+        "INSERT INTO batches (payload_id, data, lengths, count, bytes, oldest_ms, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (payload_id, data, packed, len(lengths), nbytes, oldest_ms, created_at, retry_at),
+    )
+    return Batch(cursor.lastrowid, payload_id, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0)
+
+
+def _fragments(batch: Batch) -> list[bytes]:
+    out, pos = [], 0
+    for n in unpack_lengths(batch.lengths):
+        out.append(batch.data[pos : pos + n])
+        pos += n + 1
+    return out
+
+
+def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, retry_at: float, cut_partial: bool) -> int:
+    """Move pending rows, in order, into batches that fit the limits exactly."""
+    batches = 0
+    parts: list[bytes] = []
+    lengths: list[int] = []
+    nbytes = 0
+    oldest = None
+
+    def flush() -> None:
+        nonlocal parts, lengths, nbytes, oldest, batches
+        if lengths:
+            _insert_batch(conn, b",".join(parts), lengths, nbytes, oldest, now, retry_at)
+            batches += 1
+        parts, lengths, nbytes, oldest = [], [], 0, None
+
+    for row_id, data, packed, count, row_bytes, oldest_ms in conn.execute(
+        "SELECT id, data, lengths, count, bytes, oldest_ms FROM pending ORDER BY id"
+    ).fetchall():
+        row_lengths = unpack_lengths(packed)
+        start = 0  # index of the first fragment of this row not yet batched
+        offset = 0  # its byte offset in data
+        while start < count:
+            room_bytes = max_body - 2 - (nbytes + len(lengths))  # body: [ + fragments + commas + ]
+            room_records = max_records - len(lengths)
+            # How many of this row's remaining fragments fit.
+            take, size = 0, 0
+            while start + take < count and take < room_records:
+                add = row_lengths[start + take] + (1 if (lengths or take) else 0)
+                if size + add > room_bytes:
+                    break
+                size += add
+                take += 1
+            if take == 0:
+                if not lengths:  # a single fragment over the cap: refused at admit, never here
+                    raise ValueError("a stored event is larger than the batch limit")
+                flush()
+                continue
+            end_offset = offset + sum(row_lengths[start : start + take]) + (take - 1)
+            parts.append(data[offset:end_offset])
+            lengths.extend(row_lengths[start : start + take])
+            nbytes += sum(row_lengths[start : start + take])
+            oldest = oldest_ms if oldest is None else min(oldest, oldest_ms)
+            start += take
+            offset = end_offset + 1
+            if start < count:  # the batch is full in the middle of this row
+                flush()
+        conn.execute("DELETE FROM pending WHERE id = ?", (row_id,))
+    if cut_partial:
+        flush()
+    return batches
