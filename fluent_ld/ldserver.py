@@ -44,7 +44,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     payload_id: str | None
-    body: bytes  # as sent (gzip-compressed if it was)
+    body: bytes  # the body (inflated, if it came gzip-compressed)
     events: list[Any] | None
     status: int
     duplicate: bool = False
@@ -95,11 +95,12 @@ class LaunchDarklyServer:
 
     async def _import(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        body = raw
         headers = dict(request.headers)
         payload_id = request.headers.get("X-LaunchDarkly-Payload-ID")
 
         def answer(status: int, text: str = "", events: Any = None, extra: dict | None = None, duplicate: bool = False) -> web.Response:
-            self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, raw, events, status, duplicate))
+            self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, body, events, status, duplicate))
             self.arrived.set()
             return web.Response(status=status, text=text, headers=extra or {})
 
@@ -122,7 +123,8 @@ class LaunchDarklyServer:
         if request.headers.get("X-LaunchDarkly-Event-Schema") != "4":
             return answer(406, '{"code":"not_acceptable","message":"unsupported event schema"}')
         body = raw
-        if request.headers.get("Content-Encoding") == "gzip":
+        # aiohttp inflates a gzip request body itself; inflate here only what is still compressed.
+        if request.headers.get("Content-Encoding") == "gzip" and raw[:2] == b"\x1f\x8b":
             try:
                 body = gzip.decompress(raw)
             except (OSError, EOFError, zlib.error):

@@ -47,7 +47,8 @@ BUFFER = Section(
     ),
 )
 
-# How often an output paused on 401/403/404 tries one batch again, to notice a fix by itself.
+# How often an output paused on 401/403/404 tries one batch again, to notice a fix by itself
+# (or retry_max_interval, if that is shorter).
 AUTH_PROBE_INTERVAL = 60.0
 AUTH_FIXES = {
     401: "the access token is invalid or lacks the importEventData permission: issue a token with it (Account settings > Authorization) and set access_token",
@@ -270,9 +271,12 @@ class LaunchDarklyOutput(Output):
             return
         if status in AUTH_FIXES:
             if self.auth_error != status:
-                self.log.error("LaunchDarkly answered %d: %s. Nothing is dropped; the output is paused and tries again every %ds.", status, AUTH_FIXES[status], int(AUTH_PROBE_INTERVAL))
+                self.log.error(
+                    "LaunchDarkly answered %d: %s. Nothing is dropped; the output is paused and tries one batch again every %gs.",
+                    status, AUTH_FIXES[status], min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval),
+                )
             self.auth_error = status
-            self.paused_until = now + AUTH_PROBE_INTERVAL
+            self.paused_until = now + min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval)
             await self.store.failed(batch, status, answer.text, self.paused_until)
             return
         if status == 406:
