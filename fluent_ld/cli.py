@@ -68,12 +68,19 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fluent_ld.config.loader import load
+    from fluent_ld.demo import DEFAULT_CONFIG
 
     try:
-        config = load(args.config)
+        config = load(args.config or DEFAULT_CONFIG)
     except ConfigErrors as exc:
         _setup_logging("info")
         _print_errors(exc)
+        if not args.config:
+            print(
+                "fluent-ld run without -c uses the packaged default config, which needs "
+                "LD_ACCESS_TOKEN, LD_PROJECT_KEY and LD_ENVIRONMENT_KEY (and optionally LD_EVENTS_HOST).",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     _setup_logging(args.log_level or config.system.log_level)
     try:
@@ -195,6 +202,97 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fluent_ld.demo import run_demo
+
+    _setup_logging("warn")
+    return asyncio.run(run_demo(sys.stdout))
+
+
+def _stores(args: argparse.Namespace):
+    """The stores of the config's LaunchDarkly outputs (or the one with --id): (id, path)."""
+    import os
+
+    from fluent_ld.config.errors import ConfigError, Where
+    from fluent_ld.config.loader import load
+
+    config = load(args.config)
+    found = []
+    for pc in config.matches:
+        if pc.type_name != "launchdarkly" or (args.id and pc.id != args.id):
+            continue
+        buffer = pc.conf.buffer
+        if buffer["@type"] != "file":
+            continue
+        found.append((pc.id, os.path.join(buffer.path, f"{pc.id}-worker0.sqlite3")))
+    if not found:
+        which = f" with @id {args.id}" if args.id else ""
+        raise ConfigErrors([ConfigError(Where(args.config, 0), f"no LaunchDarkly output{which} with a file buffer")])
+    return config, found
+
+
+async def _with_store(path: str, fn):
+    from fluent_ld.store import Store
+
+    store = Store(path)
+    await store.open()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _cmd_buffer(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    try:
+        _, stores = _stores(args)
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return EXIT_FAILED
+    for plugin_id, path in stores:
+        status = asyncio.run(_with_store(path, lambda s: s.status()))
+        oldest = status.pop("oldest_event_ms")
+        status["oldest_event_age_s"] = round(time.time() - oldest / 1000, 1) if oldest else None
+        print(json.dumps({"output": plugin_id, "store": path, **status}))
+    return EXIT_OK
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    import json
+
+    from fluent_ld.mapping_config import build_mapper
+
+    try:
+        config, stores = _stores(args)
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return EXIT_FAILED
+    ids = [int(i) for i in args.ids] if args.ids else None
+    for plugin_id, path in stores:
+        if args.action in ("list", "show"):
+            letters = asyncio.run(_with_store(path, lambda s: s.dead_letters(args.limit, ids)))
+            for letter in letters:
+                if args.action == "list":
+                    print(f"{letter['id']}\t{letter['kind']}\t{letter['status'] or '-'}\t{letter['reason']}")
+                else:
+                    shown = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in letter.items()}
+                    print(json.dumps({"output": plugin_id, **shown}, indent=2))
+        elif args.action == "purge":
+            if ids is None and not args.all:
+                print("purge needs dead-letter ids or --all", file=sys.stderr)
+                return EXIT_FAILED
+            removed = asyncio.run(_with_store(path, lambda s: s.purge_dead_letters(ids)))
+            print(f"{plugin_id}: purged {removed} dead letter(s)")
+        else:  # replay
+            conf = next(pc.conf for pc in config.matches if pc.id == plugin_id)
+            mapper = build_mapper(conf)
+            replayed, kept = asyncio.run(_with_store(path, lambda s: s.replay(mapper, ids)))
+            print(f"{plugin_id}: replayed {replayed} dead letter(s); {kept} still rejected and kept")
+    return EXIT_OK
+
+
 def _add_mapping_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="take the mapping from this config's LaunchDarkly <match>")
     parser.add_argument("--id", metavar="ID", help="with -c: the @id of the <match> to use (default: the first)")
@@ -210,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a node from a config file until SIGINT or SIGTERM")
-    run.add_argument("-c", "--config", required=True, metavar="FILE", help="the config file")
+    run.add_argument("-c", "--config", metavar="FILE", help="the config file (default: the packaged default config)")
     run.add_argument(
         "--log-level",
         choices=("trace", "debug", "info", "warn", "error", "fatal"),
@@ -228,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("config-docs", help="print the reference of every plugin's parameters")
     docs.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
     docs.set_defaults(func=_cmd_config_docs)
+
+    demo = sub.add_parser("demo", help="run the whole path locally: node, LaunchDarkly-compatible server, sample events")
+    demo.set_defaults(func=_cmd_demo)
+
+    buffer = sub.add_parser("buffer", help="the stores of the LaunchDarkly outputs")
+    buffer.add_argument("action", choices=["status"])
+    buffer.add_argument("-c", "--config", required=True, metavar="FILE")
+    buffer.add_argument("--id", metavar="ID", help="only the output with this @id")
+    buffer.set_defaults(func=_cmd_buffer)
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay (through the current mapping) or purge")
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
+    dlq.add_argument("-c", "--config", required=True, metavar="FILE")
+    dlq.add_argument("--id", metavar="ID", help="only the output with this @id")
+    dlq.add_argument("--limit", type=int, default=1000, help="list/show at most this many")
+    dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
+    dlq.set_defaults(func=_cmd_dlq)
 
     mapper = sub.add_parser(
         "map", help="dry run: map Signal events (JSON lines) and print each result and why"

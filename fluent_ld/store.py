@@ -366,6 +366,48 @@ class Store:
 
         return await self._call(op)
 
+    async def replay(self, mapper: Any, ids: Sequence[int] | None) -> tuple[int, int]:
+        """Re-admit dead letters: those with their original record go through ``mapper`` again
+        (a fixed preset rescues them), those with only their LaunchDarkly event (expired, refused)
+        are sent as they are. Returns (replayed, still rejected)."""
+        import orjson
+
+        letters = await self.dead_letters(limit=-1, ids=ids)
+        now = time.time()
+
+        def op(conn: sqlite3.Connection, store: Store) -> tuple[int, int, int]:
+            fragments, done, kept, oldest = [], [], 0, None
+            for letter in letters:
+                if letter["record"] is not None:
+                    time_ns = letter["time_ns"] or time.time_ns()
+                    result = mapper.map_encoded(orjson.loads(letter["record"]), time_ns)
+                    if type(result) is not bytes:
+                        kept += 1
+                        conn.execute("UPDATE dead_letters SET reason = ? WHERE id = ?", (result.reason, letter["id"]))
+                        continue
+                    oldest = time_ns if oldest is None else min(oldest, time_ns)
+                elif letter["event"] is not None:
+                    result = bytes(letter["event"])
+                else:
+                    kept += 1
+                    continue
+                fragments.append(result)
+                done.append(letter["id"])
+            if fragments:
+                lengths = [len(f) for f in fragments]
+                conn.execute(
+                    "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (b",".join(fragments), pack_lengths(lengths), len(lengths), sum(lengths), (oldest or time.time_ns()) // 1_000_000, now),
+                )
+                conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in done])
+            return len(done), kept, sum(len(f) for f in fragments)
+
+        replayed, kept, nbytes = await self._call(op)
+        self.pending_events += replayed
+        self.pending_bytes += nbytes
+        self.dead_letter_count -= replayed
+        return replayed, kept
+
     async def purge_dead_letters(self, ids: Sequence[int] | None) -> int:
         def op(conn: sqlite3.Connection, store: Store) -> int:
             if ids is None:

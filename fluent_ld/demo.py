@@ -1,0 +1,108 @@
+"""``fluent-ld demo``: the whole path on one machine, nothing else running.
+
+A LaunchDarkly-compatible server on a free port, a node from the packaged default config pointed at
+it (store in a temporary folder), the seed's sample Signal events sent with fluent-logger (a real
+forward client, with acks), then what LaunchDarkly received, as it received it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from importlib import resources
+from typing import TextIO
+
+from fluent_ld.config.loader import load
+from fluent_ld.ldserver import LaunchDarklyServer
+from fluent_ld.node import Node
+
+__all__ = ["DEFAULT_CONFIG", "SAMPLE_EVENTS", "run_demo"]
+
+DEFAULT_CONFIG = str(resources.files("fluent_ld").joinpath("default.conf"))
+DEMO_TOKEN = "api-demo-0000-token"
+
+# The seed's example first (datafly.track("Order Completed", {...}) for an anonymous visitor),
+# then one of each event the Default preset maps, and two it does not take.
+SAMPLE_EVENTS = [
+    {"type": "track", "event": "Order Completed", "anonymous_id": "a1b2c3d4-anonymous-id",
+     "timestamp": "2025-06-06T08:53:20.000Z",
+     "properties": {"order_id": "ORD-1001", "revenue": 89.99, "currency": "GBP"}},
+    {"type": "page", "anonymous_id": "a1b2c3d4-anonymous-id", "name": "Pricing",
+     "properties": {"path": "/pricing", "title": "Pricing"}},
+    {"type": "track", "event": "Signed Up", "userId": "user-1002", "properties": {"plan": "team"}},
+    {"type": "track", "event": "Product Viewed", "user_id": "user-1002", "properties": {"sku": "SKU-7", "value": 24.0}},
+    {"type": "track", "event": "Product Added", "user_id": "user-1002", "properties": {"sku": "SKU-7", "value": 24.0, "quantity": 2}},
+    {"type": "track", "event": "Checkout Started", "user_id": "user-1002", "properties": {"value": 48.0}},
+    {"type": "track", "event": "Order Completed", "user_id": "user-1002", "properties": {"order_id": "ORD-1002", "revenue": 48.0, "currency": "EUR"}},
+    # Rejected with a reason: no identity at all.
+    {"type": "track", "event": "Order Completed", "properties": {"order_id": "ORD-1003", "revenue": 10}},
+    # Not in the preset: counted and skipped.
+    {"type": "track", "event": "Coupon Applied", "user_id": "user-1002", "properties": {"coupon": "WELCOME"}},
+]
+
+
+def _send_with_fluent_logger(port: int) -> int:
+    from fluent import sender
+
+    client = sender.FluentSender("signal", host="127.0.0.1", port=port, nanosecond_precision=True)
+    sent = 0
+    for event in SAMPLE_EVENTS:
+        if not client.emit("web", event):
+            raise RuntimeError(f"fluent-logger could not send: {client.last_error}")
+        sent += 1
+    client.close()
+    return sent
+
+
+def _mask(headers: dict[str, str]) -> dict[str, str]:
+    return {k: (v[:4] + "..." + v[-4:] if k.lower() == "authorization" else v) for k, v in headers.items()}
+
+
+async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
+    server = LaunchDarklyServer(DEMO_TOKEN)
+    await server.start()
+    with tempfile.TemporaryDirectory(prefix="fluent-ld-demo-") as store_dir:
+        env = {
+            **os.environ,
+            "LD_ACCESS_TOKEN": DEMO_TOKEN,
+            "LD_PROJECT_KEY": "default",
+            "LD_ENVIRONMENT_KEY": "production",
+            "LD_EVENTS_HOST": server.url,
+            "FLUENT_LD_PORT": "0",
+            "FLUENT_LD_BUFFER_PATH": store_dir,
+        }
+        node = Node(load(DEFAULT_CONFIG, env))
+        await node.start()
+        try:
+            port = node.sources[0][1].port
+            print(f"fluent-ld is listening for forward clients on 127.0.0.1:{port}; "
+                  f"LaunchDarkly-compatible server on {server.url}.", file=out)
+            sent = await asyncio.get_running_loop().run_in_executor(None, _send_with_fluent_logger, port)
+            print(f"Sent {sent} Signal events with fluent-logger.\n", file=out)
+            output = node.outputs[0][1]
+            deadline = time.monotonic() + timeout
+            expected = 7  # the mapped ones
+            while len(server.events) < expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for request in server.requests:
+                print(f"POST {request.path} -> {request.status}", file=out)
+                for name, value in _mask(request.headers).items():
+                    if name.lower() in ("authorization", "content-type", "x-launchdarkly-event-schema", "user-agent", "x-launchdarkly-payload-id", "content-encoding"):
+                        print(f"  {name}: {value}", file=out)
+                print(json.dumps(request.events, indent=2), file=out)
+            letters = await output.store.dead_letters()
+            print(
+                f"\nSummary: {sent} sent, {len(server.events)} delivered to LaunchDarkly in "
+                f"{len(server.requests)} request(s), {output.stats.get('records_unmapped', 0)} not in the preset "
+                f"(skipped), {len(letters)} dead-lettered.",
+                file=out,
+            )
+            for letter in letters:
+                print(f"  dead letter: {letter['kind']}: {letter['reason']}", file=out)
+            return 0 if len(server.events) == expected else 1
+        finally:
+            await node.stop()
+            await server.stop()

@@ -1,0 +1,213 @@
+"""The node as a process: SIGKILL under load and restart, the demo, the default config, and the
+dead-letter and buffer commands on a real store."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+
+import pytest
+
+from fluent_ld.ldserver import LaunchDarklyServer
+from harness import RawClient, forward_request
+
+TOKEN = "api-test-token"
+
+
+class ServerThread:
+    """The LaunchDarkly-compatible server on its own loop thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = LaunchDarklyServer(TOKEN)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config(tmp_path, url: str, port: int) -> str:
+    conf = tmp_path / "node.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            <source>
+              @type forward
+              port {port}
+            </source>
+            <match signal.**>
+              @type launchdarkly
+              access_token {TOKEN}
+              project_key default
+              environment_key production
+              events_host {url}
+              <buffer>
+                path {tmp_path / "store"}
+                flush_interval 100ms
+                retry_wait 100ms
+                retry_max_interval 500ms
+              </buffer>
+            </match>
+            """
+        )
+    )
+    return str(conf)
+
+
+def start_node(console_script, conf: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([console_script, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read())
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the node did not start listening")
+
+
+def record(n: int) -> dict:
+    return {"type": "track", "event": "Order Completed", "user_id": f"u{n}", "properties": {"order_id": f"O-{n}", "revenue": 1, "n": n}}
+
+
+class Loader(threading.Thread):
+    """Sends 50-record requests with acks, one at a time, reconnecting when the node is gone.
+    Records in ``acked`` only what the node acknowledged."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.acked: set[int] = set()
+        self.stop = threading.Event()
+        self.next = 0
+
+    def run(self) -> None:
+        client = None
+        while not self.stop.is_set():
+            try:
+                if client is None:
+                    client = RawClient(self.port, timeout=2)
+                first = self.next
+                self.next += 50
+                client.send(forward_request("signal.load", [record(n) for n in range(first, first + 50)], chunk=f"c{first}"))
+                if client.reply() == {"ack": f"c{first}"}:
+                    self.acked.update(range(first, first + 50))
+            except (OSError, EOFError):
+                if client is not None:
+                    client.close()
+                client = None
+                time.sleep(0.05)
+
+
+def test_every_acked_event_survives_sigkill(console_script, tmp_path):
+    port = free_port()
+    with ServerThread() as ld:
+        conf = node_config(tmp_path, ld.url, port)
+        proc = start_node(console_script, conf, port)
+        loader = Loader(port)
+        loader.start()
+        try:
+            for _ in range(3):  # three kills at different moments of the load
+                deadline = time.monotonic() + 10
+                start = len(loader.acked)
+                while len(loader.acked) < start + 1000 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = start_node(console_script, conf, port)
+            time.sleep(0.5)
+        finally:
+            loader.stop.set()
+            loader.join(10)
+        acked = set(loader.acked)
+        assert len(acked) >= 3000
+        deadline = time.monotonic() + 30
+        delivered: list[int] = []
+        while time.monotonic() < deadline:
+            delivered = [e["data"]["n"] for e in ld.events]
+            if acked <= set(delivered):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        missing = acked - set(delivered)
+        assert not missing, f"{len(missing)} acked events never reached LaunchDarkly"
+        # LaunchDarkly dedupes by payload id, so an event counted twice would mean two payloads.
+        assert len(delivered) == len(set(delivered))
+
+
+def test_demo(console_script):
+    result = subprocess.run([console_script, "demo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "POST /v2/event-data-import/default/production -> 202" in out
+    assert "X-LaunchDarkly-Event-Schema: 4" in out
+    assert "Authorization: api-...oken" in out and "api-demo-0000-token" not in out
+    assert '"key": "order_completed"' in out and '"user": "a1b2c3d4-anonymous-id"' in out
+    assert "Summary: 9 sent, 7 delivered to LaunchDarkly in" in out
+    assert "dead letter: invalid: no identity" in out
+
+
+def test_run_without_config_needs_the_launchdarkly_settings(console_script):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    result = subprocess.run([console_script, "run"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "environment variable 'LD_ACCESS_TOKEN' is not set" in result.stderr
+    assert "needs LD_ACCESS_TOKEN, LD_PROJECT_KEY and LD_ENVIRONMENT_KEY" in result.stderr
+
+
+def test_dlq_and_buffer_commands_on_a_real_store(console_script, tmp_path):
+    port = free_port()
+    with ServerThread() as ld:
+        ld.script(*([503] * 100_000))  # nothing is delivered while this runs
+        conf = node_config(tmp_path, ld.url, port)
+        proc = start_node(console_script, conf, port)
+        with RawClient(port) as c:
+            bad = {"type": "track", "event": "Order Completed", "properties": {"revenue": 1}}  # no identity
+            c.send(forward_request("signal.x", [record(1), bad, record(2)], chunk="k"))
+            assert c.reply() == {"ack": "k"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+    def cli(*args):
+        return subprocess.run([console_script, *args, "-c", conf], capture_output=True, text=True, timeout=60)
+
+    status = json.loads(cli("buffer", "status").stdout)
+    assert status["events"] == 2 and status["dead_letters"] == {"invalid": 1}
+    listing = cli("dlq", "list").stdout.splitlines()
+    assert len(listing) == 1 and "\tinvalid\t-\tno identity" in listing[0]
+    letter_id = listing[0].split("\t")[0]
+    shown = json.loads(cli("dlq", "show", letter_id).stdout)
+    assert json.loads(shown["record"]) == {"type": "track", "event": "Order Completed", "properties": {"revenue": 1}}
+    still = cli("dlq", "replay")
+    assert "replayed 0 dead letter(s); 1 still rejected and kept" in still.stdout
+    # "Fix" the mapping so that the letter maps: a context kind keyed by a field the event has.
+    text = open(conf).read().replace("events_host", "<context>\n    kind account\n    key user_id event\n  </context>\n  events_host")
+    open(conf, "w").write(text)
+    fixed = cli("dlq", "replay")
+    assert "replayed 1 dead letter(s); 0 still rejected and kept" in fixed.stdout, fixed.stdout + fixed.stderr
+    status = json.loads(cli("buffer", "status").stdout)
+    assert status["events"] == 3 and status["dead_letters"] == {}
+    assert cli("dlq", "purge").returncode == 1  # needs ids or --all
+    assert "purged 0 dead letter(s)" in cli("dlq", "purge", "--all").stdout
