@@ -211,3 +211,55 @@ def test_dlq_and_buffer_commands_on_a_real_store(console_script, tmp_path):
     assert status["events"] == 3 and status["dead_letters"] == {}
     assert cli("dlq", "purge").returncode == 1  # needs ids or --all
     assert "purged 0 dead letter(s)" in cli("dlq", "purge", "--all").stdout
+
+
+def test_node_client_to_launchdarkly_end_to_end(tmp_path):
+    """@fluent-org/logger (PackedForward, acks) -> forward -> launchdarkly -> the server."""
+    from test_forward_node_client import node_client_available, send
+
+    if not node_client_available():
+        pytest.skip("@fluent-org/logger not installed")
+    from harness import RunningNode
+
+    with ServerThread() as ld:
+        text = open(node_config(tmp_path, ld.url, 0)).read().replace("<match signal.**>", "<match node.**>")
+        with RunningNode(text) as n:
+            send(port=n.port, mode="CompressedPackedForward", ack=True, count=30, eventTime=True, prefix="node", tag="signal", signal=True)
+            deadline = time.monotonic() + 20
+            while len(ld.events) < 30 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert sorted(e["contextKeys"]["user"] for e in ld.events) == sorted(f"node-{i}" for i in range(30))
+    assert {e["creationDate"] for e in ld.events} == {1749200000123 + i for i in range(30)}
+    assert all(r.headers["X-LaunchDarkly-Event-Schema"] == "4" for r in ld.requests)
+
+
+def test_backpressure_slows_the_client_without_disconnecting_it(tmp_path):
+    from harness import RunningNode
+
+    with ServerThread() as ld:
+        ld.script(*([503] * 100_000))  # LaunchDarkly is down
+        text = open(node_config(tmp_path, ld.url, 0)).read().replace(
+            "flush_interval 100ms", "flush_interval 100ms\n    total_limit_size 64k\n    high_watermark 32k\n    low_watermark 16k"
+        )
+        with RunningNode(text) as n, RawClient(n.port) as c:
+            acked = 0
+            c.sock.settimeout(0.5)
+            stalled = False
+            for i in range(40):  # ~25 KB per request: the watermark is crossed quickly
+                c.send(forward_request("signal.bp", [record(n) for n in range(i * 100, i * 100 + 100)], chunk=f"c{i}"))
+                try:
+                    assert c.reply() == {"ack": f"c{i}"}
+                    acked += 1
+                except TimeoutError:
+                    stalled = True
+                    break
+            assert stalled and acked >= 1
+            out = n.output()
+            assert out.store.pending_bytes < 32 * 1024 + 100 * 300  # bounded: at most one request over
+            ld.faults.clear()  # LaunchDarkly is back
+            c.sock.settimeout(20)
+            assert c.reply() == {"ack": f"c{acked}"}  # the same connection goes on
+            deadline = time.monotonic() + 20
+            while len(ld.events) < (acked + 1) * 100 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(ld.events) == (acked + 1) * 100

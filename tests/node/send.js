@@ -27,7 +27,10 @@ async function main() {
     // A number is milliseconds to this client (it sends whole seconds); EventTime keeps them.
     const ms = 1749200000123 + i;
     const time = opts.eventTime ? EventTime.fromTimestamp(ms) : ms;
-    sends.push(client.emit(opts.tag || "signal", { n: i, mode: opts.mode }, time));
+    const record = opts.signal
+      ? { type: "track", event: "Order Completed", user_id: `node-${i}`, properties: { order_id: `O-${i}`, revenue: i } }
+      : { n: i, mode: opts.mode };
+    sends.push(client.emit(opts.tag || "signal", record, time));
   }
   await Promise.all(sends);
   await client.disconnect();
