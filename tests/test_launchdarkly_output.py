@@ -36,7 +36,7 @@ def test_the_exact_request(tmp_path):
                  "contextKeys": {"user": f"anon-{n}"}, "data": {"order_id": f"O-{n}"}}
                 for n in (1, 2)
             ]
-            assert out.store.pending_events == 0
+            await until(lambda: out.store.pending_events == 0)
 
     run(scenario())
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,28 +193,87 @@ class Decoder:
         self.limits = limits
         self.skip_invalid_event = skip_invalid_event
         self._unpacker = limits.unpacker(limits.chunk_size_limit)
-        self._last_offset = 0
+        self._last_offset = 0  # stream offset where the message being decoded starts
+        self._fed = 0  # bytes fed to the unpacker so far
+        # Messages already split off by receive_data (see there), with their wire sizes, and the
+        # error that followed them: handed out by next_event in stream order.
+        self._ahead: deque[tuple[Any, int]] = deque()
+        self._error: ProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise ProtocolError(
-                f"request larger than chunk_size_limit ({self.limits.chunk_size_limit} bytes)"
-            ) from None
+        """Take bytes from the stream. Raises :class:`ProtocolError` at once when the message in
+        progress grows past ``chunk_size_limit`` (and nothing decoded precedes it).
 
-    def next_event(self, now_ns: int) -> Request | Heartbeat | Ping | Any:
-        """The next complete message, or :data:`NEED_DATA`. ``now_ns`` is used for time 0/nil."""
-        try:
-            message = self._unpacker.unpack()
-        except msgpack.OutOfData:
-            return NEED_DATA
-        except (ValueError, TypeError, OverflowError) as exc:
-            # ExtraData, FormatError, StackError and the limit errors are ValueErrors too.
-            raise ProtocolError(f"malformed msgpack: {exc}") from None
+        The limit is on the bytes of one message, counted from its first byte. The unpacker's own
+        ``max_buffer_size`` cannot be the limit: it counts only the bytes not yet parsed, so (1) a
+        request trickled in as many small elements was never limited at all (the unpacker parses
+        them into objects as they come: a 1 MB request passed a 1 KiB limit), and (2) one read
+        holding the end of a request and the next pipelined ones was refused as "too large" although
+        every request in it was within the limit."""
+        if self._error is not None:
+            return  # the stream is already broken: the caller is closing it
+        limit = self.limits.chunk_size_limit
+        if len(data) <= limit - (self._fed - self._last_offset):
+            self._unpacker.feed(data)  # the common case: fits in what the current message may use
+            self._fed += len(data)
+            return
+        # More bytes than the current message may still grow by: they may hold its end and whole
+        # messages after it. Feed no more than the room left, split off what completes (kept in
+        # self._ahead, bounded by this one read), and go on until all is fed or a message is too big.
+        view = memoryview(data)
+        while True:
+            # First what is whole in the unpacker (including messages fed earlier and not yet
+            # asked for), so that the room below counts only the message in progress.
+            while True:
+                try:
+                    message = self._unpacker.unpack()
+                except msgpack.OutOfData:
+                    break
+                except (ValueError, TypeError, OverflowError) as exc:
+                    self._fail(ProtocolError(f"malformed msgpack: {exc}"))
+                    return
+                self._ahead.append((message, self._advance()))
+            if not view:
+                return
+            room = limit - (self._fed - self._last_offset)
+            if room <= 0:
+                self._fail(ProtocolError(f"request larger than chunk_size_limit ({limit} bytes)"))
+                return
+            piece = view[:room]
+            self._unpacker.feed(piece)
+            self._fed += len(piece)
+            view = view[len(piece):]
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Raise ``error`` now, or after the messages decoded before it have been handed out (they
+        arrived whole: the caller must get them before it closes the connection)."""
+        self._error = error
+        if not self._ahead:
+            raise error
+
+    def _advance(self) -> int:
+        """After a whole message: its wire size; the next one starts here."""
         offset = self._unpacker.tell()
         wire_size = offset - self._last_offset
         self._last_offset = offset
+        return wire_size
+
+    def next_event(self, now_ns: int) -> Request | Heartbeat | Ping | Any:
+        """The next complete message, or :data:`NEED_DATA`. ``now_ns`` is used for time 0/nil."""
+        if self._ahead:
+            message, wire_size = self._ahead.popleft()
+        elif self._error is not None:
+            raise self._error
+        else:
+            try:
+                message = self._unpacker.unpack()
+            except msgpack.OutOfData:
+                return NEED_DATA
+            except (ValueError, TypeError, OverflowError) as exc:
+                # ExtraData, FormatError, StackError and the limit errors are ValueErrors too.
+                self._error = ProtocolError(f"malformed msgpack: {exc}")
+                raise self._error from None
+            wire_size = self._advance()
         if message is None:
             return Heartbeat()
         if type(message) is not list:

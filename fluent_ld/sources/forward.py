@@ -152,6 +152,7 @@ class ForwardSource(Source):
         self._server: asyncio.AbstractServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task | None = None
+        self.stopping = False  # new connections are refused from here on
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] += n
@@ -191,6 +192,7 @@ class ForwardSource(Source):
         self.log.info("Listening for forward clients on %s (%s).", where, ", ".join(extras))
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         if self._udp is not None:
@@ -216,7 +218,13 @@ class ForwardSource(Source):
                 continue
             cutoff = time.monotonic() - idle
             for conn in list(self.connections):
-                if conn.last_activity < cutoff and not conn.pending:
+                # Not idle: a connection with requests pending (waiting for room in its
+                # destination), one we paused ourselves (its client does not read its acks: silence
+                # we asked for), or one already closing or lost (closing it again would count and
+                # log it again at every sweep while its last acks are flushed).
+                if conn.paused or conn.closing or conn.lost or conn.pending:
+                    continue
+                if conn.last_activity < cutoff:
                     self.count("idle_closed")
                     self.log.info("Closing the connection from %s: idle for %ss.", conn.peer, idle)
                     conn.close()

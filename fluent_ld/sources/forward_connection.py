@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 # Requests decoded but not yet admitted, per connection. Past this the socket stops being read, so
 # a fast client waits in its own send buffer rather than in our memory (one request can be up to
-# chunk_size_limit, so this also bounds a connection's memory at a few chunks).
+# chunk_size_limit, so this also bounds a connection's memory at a few chunks). Bytes already read
+# beyond that stay undecoded in the decoder (at most one read plus one request) until there is room.
 MAX_PENDING_REQUESTS = 4
 
 
@@ -38,8 +39,13 @@ class ForwardConnection(asyncio.Protocol):
         self.handshake: Handshake | None = None
         self.pending: deque[Request] = deque()
         self.worker: asyncio.Task | None = None
-        self.paused = False
-        self.closing = False
+        self.paused = False  # reading paused, for any of the reasons below
+        self.writing_paused = False  # between the transport's pause_writing and resume_writing
+        self.backlog = False  # the decoder may hold requests not decoded yet (pending was full)
+        self.eof = False  # the client half-closed while a backlog was waiting
+        self.draining = False  # shutdown: never resume reading
+        self.lost = False  # the transport is gone (what was read is still admitted)
+        self.closing = False  # no more reading nor decoding: finishing what is pending
         self.last_activity = time.monotonic()
         self.handshake_timer: asyncio.TimerHandle | None = None
 
@@ -47,6 +53,8 @@ class ForwardConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Resolved by connection_lost: drain_and_close waits on it for the last acks to be flushed.
+        self.lost_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_address = peer[0]
@@ -54,6 +62,11 @@ class ForwardConnection(asyncio.Protocol):
         else:
             self.peer = "unix socket"
         source = self.source
+        if source.stopping:
+            # Accepted just as the source stopped: stop() has already listed the connections to
+            # drain, so this one would never be closed (on Python 3.12+ stop() would then wait for it).
+            transport.abort()
+            return
         if len(source.connections) >= source.conf.max_connections:
             source.count("connections_refused")
             source.log.warning(
@@ -80,16 +93,31 @@ class ForwardConnection(asyncio.Protocol):
             )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        self.source.connections.discard(self)
+        self.lost = True
+        if not self.lost_waiter.done():
+            self.lost_waiter.set_result(None)
         if self.handshake_timer:
             self.handshake_timer.cancel()
+        # Requests that arrived whole before a reset are still admitted (not acked: there is no one
+        # to ack). Until they are, the connection stays in the source's set, so that shutdown waits
+        # for them and max_connections bounds the memory they hold (before, a client could reset
+        # and reconnect to pile up admits in the background, and stop() did not wait for them).
+        self._maybe_resume()
+        if self.worker is not None and not self.worker.done():
+            self.worker.add_done_callback(lambda _: self.source.connections.discard(self))
+        else:
+            self.source.connections.discard(self)
 
     def pause_writing(self) -> None:
         # The client does not read its acks: stop reading its requests until it does.
+        self.writing_paused = True
         self._pause("client not reading acks")
 
     def resume_writing(self) -> None:
+        # Only here may reading resume after pause_writing: the transport calls pause_writing once
+        # per crossing of its high-water mark, so resuming earlier (say with the buffer between
+        # the low and high marks) would leave acks piling up with no pause_writing to stop them.
+        self.writing_paused = False
         self._maybe_resume()
 
     def data_received(self, data: bytes) -> None:
@@ -98,8 +126,22 @@ class ForwardConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         try:
             self.decoder.receive_data(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        self._decode()
+
+    def _decode(self) -> None:
+        """Turn what the decoder holds into requests, but no more than MAX_PENDING_REQUESTS pending:
+        one read can hold thousands of small requests, and before this they were all decoded (and
+        held) at once. The rest waits in the decoder, reading paused, until admits make room."""
+        try:
             now = time.time_ns()
             while not self.closing:
+                if len(self.pending) >= MAX_PENDING_REQUESTS:
+                    self.backlog = True
+                    self._pause("requests pending")
+                    return
                 event = self.decoder.next_event(now)
                 if type(event) is Request:
                     self._received(event)
@@ -109,14 +151,23 @@ class ForwardConnection(asyncio.Protocol):
                     continue
                 else:  # NEED_DATA
                     break
+            self.backlog = False
         except ProtocolError as exc:
-            self.source.count("protocol_errors")
-            self.source.log.warning("Closing the connection from %s: %s.", self.peer, exc)
-            self.finish_then_close()
+            self.backlog = False
+            self._protocol_error(exc)
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.source.count("protocol_errors")
+        self.source.log.warning("Closing the connection from %s: %s.", self.peer, exc)
+        self.finish_then_close()
 
     def eof_received(self) -> bool:
-        # Half-close from the client: finish what it sent (and ack it), then close.
-        self.finish_then_close()
+        # Half-close from the client: finish what it sent (and ack it), then close. With requests
+        # still undecoded (reading was paused), that waits until they are decoded: _maybe_resume.
+        if self.backlog:
+            self.eof = True
+        else:
+            self.finish_then_close()
         return True
 
     # -- handshake ---------------------------------------------------------------------------
@@ -164,8 +215,6 @@ class ForwardConnection(asyncio.Protocol):
             self.worker = asyncio.get_running_loop().create_task(self._admit_pending())
         if source.conf.deny_keepalive:
             self.finish_then_close()  # one request per connection, as Fluentd's deny_keepalive
-        elif len(self.pending) >= MAX_PENDING_REQUESTS:
-            self._pause("requests pending")
 
     async def _admit_pending(self) -> None:
         source = self.source
@@ -236,14 +285,26 @@ class ForwardConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _maybe_resume(self) -> None:
-        if (
-            self.paused
-            and len(self.pending) < MAX_PENDING_REQUESTS
-            and self.transport
-            and not self.transport.is_closing()
-            and self.transport.get_write_buffer_size() <= self.transport.get_write_buffer_limits()[1]
-        ):
+        """Called when a reason to pause may have gone (an admit finished, resume_writing, the
+        connection lost): decode the backlog first, then resume reading if nothing holds it."""
+        if not (self.paused or self.backlog) or self.closing or len(self.pending) >= MAX_PENDING_REQUESTS:
+            return
+        if self.backlog:
+            # Held while the client does not read its acks; decoded anyway at shutdown or once the
+            # connection is lost (read whole, so admitted: nothing that arrived whole is dropped).
+            if self.writing_paused and not (self.draining or self.lost):
+                return
+            self._decode()
+            if self.backlog or self.closing:
+                return
+        if self.writing_paused or self.draining or self.lost:
+            return
+        if self.eof:
+            self.finish_then_close()  # the client's half-close came while the backlog waited
+            return
+        if self.transport and not self.transport.is_closing():
             self.paused = False
+            self.last_activity = time.monotonic()  # paused by us is not idle
             self.transport.resume_reading()
 
     def finish_then_close(self) -> None:
@@ -264,10 +325,18 @@ class ForwardConnection(asyncio.Protocol):
             self.transport.close()
 
     async def drain_and_close(self, timeout: float) -> None:
-        """At shutdown: stop reading, let the requests already decoded be admitted and acked
-        (within ``timeout``), then close."""
+        """At shutdown: stop reading, let the requests already received be admitted and acked
+        (within ``timeout``), then close.
+
+        Reading stays paused for good (``draining``): before, each finished admit resumed it, so a
+        client that kept sending kept the shutdown going until ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.draining = True
         if self.transport and not self.transport.is_closing():
             self.transport.pause_reading()
+            self.paused = True
+        self._maybe_resume()  # decodes a backlog already read (it never resumes reading now)
         if self.worker is not None and not self.worker.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self.worker), timeout)
@@ -280,3 +349,16 @@ class ForwardConnection(asyncio.Protocol):
                 )
                 self.worker.cancel()
         self.close()
+        # close() waits for the write buffer to be flushed: a client that does not read its acks
+        # would hold the connection (and, on Python 3.12+, Server.wait_closed and so the whole
+        # shutdown) forever. Give it what is left of the timeout (at least a moment, so acks to a
+        # reading client go out even with shutdown_timeout 0), then drop it; those acks are lost
+        # and the client sends the records again, as for any ack it did not get.
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost_waiter), max(deadline - loop.time(), 0.2))
+        except asyncio.TimeoutError:
+            self.source.log.warning(
+                "Dropping the connection from %s at shutdown: it did not read its acks.", self.peer
+            )
+            if self.transport:
+                self.transport.abort()
