@@ -299,42 +299,41 @@ def test_half_close_still_gets_every_ack_before_the_server_closes(delay):
 
 
 def test_pipelined_requests_with_failures_and_backpressure_ack_exactly_what_was_admitted():
+    # Admits of one connection overlap, so which request meets which scripted outcome is not
+    # fixed; what must hold is: acks in request order, for exactly the requests that were
+    # admitted, and records exactly those.
     rng = random.Random(7)
     count = 60
     chunked = [i % 5 != 0 for i in range(count)]  # every fifth request asks for no ack
     outcomes = [rng.choice(["ok", "ok", "fail", "full"]) for _ in range(4 * count)]
-    # Which requests end up admitted: a "full" answer is retried with the next outcome.
-    used, admitted_expected = 0, []
-    for i in range(count):
-        while outcomes[used] == "full":
-            used += 1
-        if outcomes[used] == "ok":
-            admitted_expected.append(i)
-        used += 1
-    outcomes = outcomes[:used]  # then every admit succeeds
 
     with node() as n, RawClient(n.port) as c:
         out = n.output()
         script = iter(outcomes)
         admit = out.admit
+        admitted: list = []
 
         async def scripted(tag, entries):
-            outcome = next(script, "ok")
+            outcome = "ok" if entries[0][1]["n"] == "end" else next(script, "ok")
             if outcome == "fail":
                 raise RuntimeError("scripted admit failure")
             if outcome == "full":
                 raise BufferFullError("scripted: full", lambda: asyncio.sleep(0.005))
             await admit(tag, entries)
+            admitted.append(entries[0][1]["n"])
 
         n.call(setattr, out, "admit", scripted)
         c.send(b"".join(forward_request("a", [{"n": i}], chunk=f"c{i}" if chunked[i] else None) for i in range(count)))
-        expected_acks = [{"ack": f"c{i}"} for i in admitted_expected if chunked[i]]
-        assert acks(c, len(expected_acks)) == expected_acks
-        c.send(forward_request("a", [{"n": "end"}], chunk="end"))  # nothing else was acked before it
-        assert c.reply() == {"ack": "end"}
-        records = n.wait_records(len(admitted_expected) + 1)
-    assert [r[2]["n"] for r in records] == admitted_expected + ["end"]
-    assert n.source.stats["admit_failures"] == count - len(admitted_expected)
+        c.send(forward_request("a", [{"n": "end"}], chunk="end"))
+        got = []
+        while (reply := c.reply()) != {"ack": "end"}:
+            got.append(reply)
+        done = sorted(i for i in admitted if i != "end")
+        assert got == [{"ack": f"c{i}"} for i in done if chunked[i]]
+        assert 0 < len(done) < count  # the script did fail some
+        records = n.wait_records(len(done) + 1)
+    assert sorted(r[2]["n"] for r in records if r[2]["n"] != "end") == done
+    assert n.source.stats["admit_failures"] == count - len(done)
 
 
 # -- 7. abrupt disconnect ---------------------------------------------------------------------------

@@ -38,6 +38,9 @@ class ForwardConnection(asyncio.Protocol):
         self.decoder = Decoder(source.limits, source.conf.skip_invalid_event)
         self.handshake: Handshake | None = None
         self.pending: deque[Request] = deque()
+        # One admit task per pending request, started as soon as it is decoded: admits of one
+        # connection overlap (their store commits share an fsync) while acks still go out in order.
+        self.admits: deque[asyncio.Task] = deque()
         self.worker: asyncio.Task | None = None
         self.paused = False  # reading paused, for any of the reasons below
         self.writing_paused = False  # between the transport's pause_writing and resume_writing
@@ -211,6 +214,7 @@ class ForwardConnection(asyncio.Protocol):
                 source.conf.chunk_size_warn_limit,
             )
         self.pending.append(request)
+        self.admits.append(asyncio.get_running_loop().create_task(self._admit(request)))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.get_running_loop().create_task(self._admit_pending())
         if source.conf.deny_keepalive:
@@ -221,7 +225,7 @@ class ForwardConnection(asyncio.Protocol):
         while self.pending:
             request = self.pending[0]
             try:
-                await self._admit(request)
+                await self.admits[0]
             except Exception:
                 source.count("admit_failures")
                 source.log.exception(
@@ -234,6 +238,7 @@ class ForwardConnection(asyncio.Protocol):
                 if request.chunk is not None and not self.transport.is_closing():
                     self.transport.write(encode_ack(request.chunk))
             self.pending.popleft()
+            self.admits.popleft()
             self._maybe_resume()
 
     async def _admit(self, request: Request) -> None:
@@ -348,6 +353,8 @@ class ForwardConnection(asyncio.Protocol):
                     self.peer,
                 )
                 self.worker.cancel()
+                for task in self.admits:
+                    task.cancel()
         self.close()
         # close() waits for the write buffer to be flushed: a client that does not read its acks
         # would hold the connection (and, on Python 3.12+, Server.wait_closed and so the whole
