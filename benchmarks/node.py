@@ -125,6 +125,7 @@ def node_run(ld: ServerThread, clients: int, requests: int) -> dict:
         proc = start_node(ld.server.url, store, port)
         try:
             cpu0, _, _ = proc_stats(proc.pid)
+            before = len(ld.server.requests)
             results = multiprocessing.Queue()
             procs = [multiprocessing.Process(target=client_process, args=(port, payload, requests, PER_REQUEST, results)) for _ in range(clients)]
             start = time.perf_counter()
@@ -138,7 +139,6 @@ def node_run(ld: ServerThread, clients: int, requests: int) -> dict:
             total = sum(o[0] for o in outcomes)
             latencies = sorted(x for o in outcomes for x in o[2])
             deadline = time.time() + 120
-            before = len(ld.server.requests)
             delivered = 0
             while time.time() < deadline:
                 delivered = sum(len(r.events or []) for r in ld.server.requests[before:] if r.status == 202)

@@ -39,6 +39,8 @@ __all__ = ["Batch", "DeadLetter", "Store", "StoreError"]
 GROUP_COMMIT_WINDOW = 0.002
 # The most operations in one transaction, so one group cannot hold the writer for long.
 GROUP_MAX_OPS = 512
+# Batches cut per call (each call is one writer operation): bounds its time and memory.
+MAX_BATCHES_PER_CUT = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -467,7 +469,12 @@ def _fragments(batch: Batch) -> list[bytes]:
 
 
 def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, retry_at: float, cut_partial: bool) -> int:
-    """Move pending rows, in order, into batches that fit the limits exactly."""
+    """Move pending rows, in order, into batches that fit the limits exactly.
+
+    Rows are read a few at a time and at most ``MAX_BATCHES_PER_CUT`` batches are cut per call, so
+    memory stays at about one batch whatever the backlog (a million undelivered events do not come
+    into memory at once) and the writer thread is not held long: appends waiting for their commit
+    go between two calls. A row the last batch ends inside keeps its remainder."""
     batches = 0
     parts: list[bytes] = []
     lengths: list[int] = []
@@ -481,38 +488,55 @@ def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, 
             batches += 1
         parts, lengths, nbytes, oldest = [], [], 0, None
 
-    for row_id, data, packed, count, row_bytes, oldest_ms in conn.execute(
-        "SELECT id, data, lengths, count, bytes, oldest_ms FROM pending ORDER BY id"
-    ).fetchall():
-        row_lengths = unpack_lengths(packed)
-        start = 0  # index of the first fragment of this row not yet batched
-        offset = 0  # its byte offset in data
-        while start < count:
-            room_bytes = max_body - 2 - (nbytes + len(lengths))  # body: [ + fragments + commas + ]
-            room_records = max_records - len(lengths)
-            # How many of this row's remaining fragments fit.
-            take, size = 0, 0
-            while start + take < count and take < room_records:
-                add = row_lengths[start + take] + (1 if (lengths or take) else 0)
-                if size + add > room_bytes:
-                    break
-                size += add
-                take += 1
-            if take == 0:
-                if not lengths:  # a single fragment over the cap: refused at admit, never here
-                    raise ValueError("a stored event is larger than the batch limit")
-                flush()
-                continue
-            end_offset = offset + sum(row_lengths[start : start + take]) + (take - 1)
-            parts.append(data[offset:end_offset])
-            lengths.extend(row_lengths[start : start + take])
-            nbytes += sum(row_lengths[start : start + take])
-            oldest = oldest_ms if oldest is None else min(oldest, oldest_ms)
-            start += take
-            offset = end_offset + 1
-            if start < count:  # the batch is full in the middle of this row
-                flush()
-        conn.execute("DELETE FROM pending WHERE id = ?", (row_id,))
+    last_id = -1
+    while True:
+        rows = conn.execute(
+            "SELECT id, data, lengths, count, bytes, oldest_ms FROM pending WHERE id > ? ORDER BY id LIMIT 64",
+            (last_id,),
+        ).fetchall()
+        if not rows:
+            break
+        for row_id, data, packed, count, row_bytes, oldest_ms in rows:
+            last_id = row_id
+            row_lengths = unpack_lengths(packed)
+            start = 0  # index of the first fragment of this row not yet batched
+            offset = 0  # its byte offset in data
+            while start < count:
+                room_bytes = max_body - 2 - (nbytes + len(lengths))  # body: [ + fragments + commas + ]
+                room_records = max_records - len(lengths)
+                # How many of this row's remaining fragments fit.
+                take, size = 0, 0
+                while start + take < count and take < room_records:
+                    add = row_lengths[start + take] + (1 if (lengths or take) else 0)
+                    if size + add > room_bytes:
+                        break
+                    size += add
+                    take += 1
+                if take == 0:
+                    if not lengths:  # a single fragment over the cap: refused at admit, never here
+                        raise ValueError("a stored event is larger than the batch limit")
+                    flush()
+                    continue
+                taken = sum(row_lengths[start : start + take])
+                end_offset = offset + taken + (take - 1)
+                parts.append(data[offset:end_offset])
+                lengths.extend(row_lengths[start : start + take])
+                nbytes += taken
+                oldest = oldest_ms if oldest is None else min(oldest, oldest_ms)
+                start += take
+                offset = end_offset + 1
+                if start < count:  # the batch is full in the middle of this row
+                    flush()
+                    if batches >= MAX_BATCHES_PER_CUT:
+                        rest = row_lengths[start:]
+                        conn.execute(
+                            "UPDATE pending SET data = ?, lengths = ?, count = ?, bytes = ? WHERE id = ?",
+                            (data[offset:], pack_lengths(rest), len(rest), sum(rest), row_id),
+                        )
+                        return batches
+            conn.execute("DELETE FROM pending WHERE id = ?", (row_id,))
+            if batches >= MAX_BATCHES_PER_CUT and not lengths:
+                return batches
     if cut_partial:
         flush()
     return batches

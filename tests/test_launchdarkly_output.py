@@ -108,7 +108,7 @@ def test_401_pauses_keeps_everything_probes_and_resumes_when_fixed(tmp_path, cap
             assert out.auth_error == 401 and out.store.pending_events == 2
             ld.token = TOKEN  # the operator fixes the token
             await until(lambda: len(ld.events) == 2, timeout=15)
-            assert out.auth_error is None and out.store.pending_events == 0
+            await until(lambda: out.auth_error is None and out.store.pending_events == 0)
 
     run(scenario())
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

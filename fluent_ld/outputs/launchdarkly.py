@@ -250,11 +250,12 @@ class LaunchDarklyOutput(Output):
         status = answer.status
         now = time.time()
         if status is not None and 200 <= status < 300:
-            await self.store.delivered(batch)
-            self.count("records_delivered", batch.count)
             if self.auth_error is not None:
                 self.log.info("LaunchDarkly accepts this output's requests again (was %d); resuming.", self.auth_error)
                 self.auth_error = None
+                self.paused_until = 0.0
+            await self.store.delivered(batch)
+            self.count("records_delivered", batch.count)
             return
         if status in (400, 413):
             if batch.count > 1:
