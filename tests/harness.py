@@ -172,3 +172,20 @@ class RawClient:
 def forward_request(tag: str, records: list[dict], chunk=None, time_s: int = 1_700_000_000) -> bytes:
     option = {"chunk": chunk} if chunk is not None else {}
     return msgpack.packb([tag, [[time_s, r] for r in records], option], use_bin_type=True)
+
+
+# A forward source on a free port feeding the capture output.
+CAPTURE_CONF = """
+<source>
+  @type forward
+  port 0
+  {extra}
+</source>
+<match **>
+  @type capture
+</match>
+"""
+
+
+def capture_node(extra: str = "") -> RunningNode:
+    return RunningNode(CAPTURE_CONF.format(extra=extra))

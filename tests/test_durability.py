@@ -15,6 +15,7 @@ import pytest
 
 from fluent_ld.ldserver import LaunchDarklyServer
 from harness import RawClient, forward_request
+from ld_harness import ld_config
 
 TOKEN = "api-test-token"
 
@@ -46,29 +47,8 @@ def free_port() -> int:
 
 def node_config(tmp_path, url: str, port: int) -> str:
     conf = tmp_path / "node.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""\
-            <source>
-              @type forward
-              port {port}
-            </source>
-            <match signal.**>
-              @type launchdarkly
-              access_token {TOKEN}
-              project_key default
-              environment_key production
-              events_host {url}
-              <buffer>
-                path {tmp_path / "store"}
-                flush_interval 100ms
-                retry_wait 100ms
-                retry_max_interval 500ms
-              </buffer>
-            </match>
-            """
-        )
-    )
+    source = f"<source>\n  @type forward\n  port {port}\n</source>"
+    conf.write_text(ld_config(url, str(tmp_path / "store"), source=source))
     return str(conf)
 
 
@@ -239,7 +219,7 @@ def test_backpressure_slows_the_client_without_disconnecting_it(tmp_path):
     with ServerThread() as ld:
         ld.script(*([503] * 100_000))  # LaunchDarkly is down
         text = open(node_config(tmp_path, ld.url, 0)).read().replace(
-            "flush_interval 100ms", "flush_interval 100ms\n    total_limit_size 64k\n    high_watermark 32k\n    low_watermark 16k"
+            "flush_interval 50ms", "flush_interval 50ms\n    total_limit_size 64k\n    high_watermark 32k\n    low_watermark 16k"
         )
         with RunningNode(text) as n, RawClient(n.port) as c:
             acked = 0

@@ -22,23 +22,11 @@ import pytest
 from fluent_ld.plugin import BufferFullError
 from fluent_ld.sources import forward_connection
 from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, ForwardConnection
-from harness import RawClient, RunningNode, forward_request
+from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 from test_forward_security import SECURE, connect, ping
 
-BASE = """
-<source>
-  @type forward
-  port 0
-  {extra}
-</source>
-<match **>
-  @type capture
-</match>
-"""
-
-
-def node(extra: str = "") -> RunningNode:
-    return RunningNode(BASE.format(extra=extra))
+BASE = CAPTURE_CONF
+node = capture_node
 
 
 def wait_until(predicate, timeout: float = 5, what: str = "condition") -> None:

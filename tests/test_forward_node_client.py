@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import RunningNode
+from harness import CAPTURE_CONF, RunningNode
 from test_forward_security import pki  # noqa: F401  (fixture)
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -33,16 +33,7 @@ def send(**opts) -> None:
     assert result.stdout.strip() == f"sent {opts['count']}"
 
 
-CONF = """
-<source>
-  @type forward
-  port 0
-  {extra}
-</source>
-<match **>
-  @type capture
-</match>
-"""
+CONF = CAPTURE_CONF
 
 
 @pytest.mark.parametrize("ack", [False, True], ids=["no-ack", "ack"])

@@ -7,22 +7,10 @@ import msgpack
 import pytest
 from fluent import sender
 
-from harness import RawClient, RunningNode, forward_request
+from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 
-BASE = """
-<source>
-  @type forward
-  port 0
-  {extra}
-</source>
-<match **>
-  @type capture
-</match>
-"""
-
-
-def node(extra: str = "") -> RunningNode:
-    return RunningNode(BASE.format(extra=extra))
+BASE = CAPTURE_CONF
+node = capture_node
 
 
 def test_fluent_logger_message_mode_with_int_and_nanosecond_times():
