@@ -44,6 +44,13 @@ class Node:
             return
         await output.admit(tag, entries)
 
+    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
+        output = self.router.resolve(tag)
+        if output is None:
+            log.error("No <match> takes tag %r: a dead letter is dropped: %s.", tag, reason)
+            return
+        await output.dead_letter(tag, record, reason)
+
     async def start(self) -> None:
         for pc, plugin in [*self.outputs, *self.sources]:
             try:

@@ -52,6 +52,10 @@ class Emitter(Protocol):
         """Hand records to the output their tag routes to; returns once that output has admitted
         them (for a durable output: once they are on disk)."""
 
+    def dead_letter(self, tag: str, record: bytes, reason: str) -> Awaitable[None]:
+        """Keep something a source accepted but cannot turn into a record (e.g. a signed webhook
+        body that is not an audit entry) in the dead-letter store of the output the tag routes to."""
+
 
 class Plugin:
     kind: ClassVar[str]
@@ -93,3 +97,12 @@ class Output(Plugin):
         """Take responsibility for these records. Returning is the promise: a durable output
         returns only once they are committed to its store."""
         raise NotImplementedError
+
+    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
+        """Keep a record that cannot be processed, with the reason. Outputs without a store can
+        only log it (loudly: it is not kept)."""
+        self.log.error(
+            "A record for tag %r cannot be processed and this output keeps no dead letters; "
+            "it is dropped: %s. Record: %s",
+            tag, reason, record[:2000].decode("utf-8", "replace"),
+        )

@@ -30,6 +30,7 @@ class CaptureOutput(Output):
     def __init__(self, conf, plugin_id) -> None:
         super().__init__(conf, plugin_id)
         self.records: list[tuple[str, int, dict]] = []
+        self.dead: list[tuple[str, bytes, str]] = []
         self.fail = 0
         self.full = 0
         self.room: asyncio.Event | None = None
@@ -51,6 +52,9 @@ class CaptureOutput(Output):
 
             raise BufferFullError("scripted: full", wait)
         self.records.extend((tag, t, r) for t, r in entries)
+
+    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
+        self.dead.append((tag, record, reason))
 
 
 class RunningNode:

@@ -100,7 +100,7 @@ def test_every_example_passes_check_config(console_script, example):
 
 
 # Values the examples read from the environment (none are real secrets).
-EXAMPLE_ENV = {"FORWARD_SHARED_KEY": "example-key", "LD_ACCESS_TOKEN": "api-example"}
+EXAMPLE_ENV = {"FORWARD_SHARED_KEY": "example-key", "LD_ACCESS_TOKEN": "api-example", "LD_WEBHOOK_SECRET": "whsec-example"}
 
 
 def test_config_docs_is_the_committed_reference(console_script):

@@ -94,7 +94,7 @@ def test_every_problem_is_reported_at_once():
         """
     ) == [
         "node.conf:1: parameter 'top_level' is outside any section; parameters go inside <system>, <source> or <match>",
-        "node.conf:3: <source>: unknown source type 'sampel' (did you mean 'sample'?); known: forward, sample",
+        "node.conf:3: <source>: unknown source type 'sampel' (did you mean 'sample'?); known: forward, launchdarkly_webhook, sample",
         "node.conf:5: <source>: missing required parameter '@type'",
         "node.conf:8: <match a.{b>: pattern 'a.{b' has an unclosed '{'",
         "node.conf:13: <match b> @type stdout: parameter 'time_format': expected one of iso8601, unix; got 'rfc'",

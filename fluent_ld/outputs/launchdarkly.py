@@ -197,6 +197,10 @@ class LaunchDarklyOutput(Output):
         self.count("records_admitted", len(fragments))
         self.wake.set()
 
+    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
+        await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
+        self.count("records_dead_lettered")
+
     # -- drain ---------------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
