@@ -45,6 +45,7 @@ MAX_BATCHES_PER_CUT = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
     id INTEGER PRIMARY KEY,
+    tag TEXT,
     data BLOB NOT NULL,
     lengths BLOB NOT NULL,
     count INTEGER NOT NULL,
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS pending (
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     payload_id TEXT NOT NULL UNIQUE,
+    tag TEXT,
     data BLOB NOT NULL,
     lengths BLOB NOT NULL,
     count INTEGER NOT NULL,
@@ -90,7 +92,8 @@ class StoreError(Exception):
 class Batch:
     id: int
     payload_id: str
-    data: bytes  # fragments joined by ",": the body is b"[" + data + b"]"
+    tag: str | None  # set when the output batches by tag (forward); None for LaunchDarkly
+    data: bytes  # fragments joined by the store's separator (LaunchDarkly: "," and the body is [data])
     lengths: bytes
     count: int
     bytes: int
@@ -116,8 +119,13 @@ class DeadLetter:
 
 
 class Store:
-    def __init__(self, path: str | None) -> None:
+    """``separator`` joins stored fragments (b"," for JSON events, b"" for msgpack entries) and
+    ``framing`` is what a batch body adds around them (2 for "[...]"), so cuts fit exactly."""
+
+    def __init__(self, path: str | None, separator: bytes = b",", framing: int = 2) -> None:
         self.path = path
+        self.separator = separator
+        self.framing = framing
         self.pending_events = 0
         self.pending_bytes = 0  # events not yet delivered: pending rows and batches
         self.dead_letter_count = 0
@@ -228,7 +236,7 @@ class Store:
 
     # -- the operations ------------------------------------------------------------------------------
 
-    async def append(self, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, dead: Sequence[DeadLetter] = ()) -> None:
+    async def append(self, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, dead: Sequence[DeadLetter] = (), tag: str | None = None) -> None:
         """Store one request's events (``data``: fragments joined by ","; ``nbytes``: the
         fragments' own bytes) and its dead letters; returns once they are on disk."""
         count = len(lengths)
@@ -238,8 +246,8 @@ class Store:
         def op(conn: sqlite3.Connection, store: Store) -> None:
             if count:
                 conn.execute(
-                    "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (data, packed, count, nbytes, oldest_ms, now),
+                    "INSERT INTO pending (tag, data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tag, data, packed, count, nbytes, oldest_ms, now),
                 )
             _insert_dead(conn, dead, now)
 
@@ -263,14 +271,14 @@ class Store:
                 return 0
             if now - first[0] < linger and first[1] + 1 < max_body and first[2] < max_records:
                 return 0
-            return _cut(conn, max_body, max_records, now, retry_at, cut_partial=True)
+            return _cut(conn, store, max_body, max_records, now, retry_at, cut_partial=True)
 
         return await self._call(op)
 
     async def due_batches(self, now: float, limit: int, exclude: Sequence[int] = ()) -> list[Batch]:
         def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
             rows = conn.execute(
-                "SELECT id, payload_id, data, lengths, count, bytes, oldest_ms, created_at, attempts FROM batches "
+                "SELECT id, payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, attempts FROM batches "
                 "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
                 (now, limit + len(exclude)),
             ).fetchall()
@@ -306,20 +314,21 @@ class Store:
         if len(lengths) < 2:
             raise ValueError("a batch of one event cannot be split")
         half = len(lengths) // 2
-        cut = sum(lengths[:half]) + half  # the first half's fragments and the commas between them
+        sep = len(self.separator)
+        end = sum(lengths[:half]) + (half - 1) * sep  # the first half's fragments and separators
 
         def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
             conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
             out = []
-            for data, part in ((batch.data[: cut - 1], lengths[:half]), (batch.data[cut:], lengths[half:])):
-                out.append(_insert_batch(conn, data, part, sum(part), batch.oldest_ms, batch.created_at, now))
+            for data, part in ((batch.data[:end], lengths[:half]), (batch.data[end + sep :], lengths[half:])):
+                out.append(_insert_batch(conn, batch.tag, data, part, sum(part), batch.oldest_ms, batch.created_at, now))
             return out
 
         return await self._call(op)
 
     async def bury(self, batch: Batch, kind: str, reason: str, status: int | None) -> None:
         """Move every event of a batch to the dead-letter store (one letter per event)."""
-        fragments = _fragments(batch)
+        fragments = _fragments(batch, len(self.separator))
         now = time.time()
 
         def op(conn: sqlite3.Connection, store: Store) -> None:
@@ -399,7 +408,7 @@ class Store:
                 lengths = [len(f) for f in fragments]
                 conn.execute(
                     "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (b",".join(fragments), pack_lengths(lengths), len(lengths), sum(lengths), (oldest or time.time_ns()) // 1_000_000, now),
+                    (self.separator.join(fragments), pack_lengths(lengths), len(lengths), sum(lengths), (oldest or time.time_ns()) // 1_000_000, now),
                 )
                 conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in done])
             return len(done), kept, sum(len(f) for f in fragments)
@@ -450,32 +459,35 @@ def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter], now: floa
         )
 
 
-def _insert_batch(conn: sqlite3.Connection, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, created_at: float, retry_at: float) -> Batch:
+def _insert_batch(conn: sqlite3.Connection, tag: str | None, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, created_at: float, retry_at: float) -> Batch:
     payload_id = str(uuid.uuid4())
     packed = pack_lengths(lengths)
     cursor = conn.execute(
-        "INSERT INTO batches (payload_id, data, lengths, count, bytes, oldest_ms, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (payload_id, data, packed, len(lengths), nbytes, oldest_ms, created_at, retry_at),
+        "INSERT INTO batches (payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, retry_at),
     )
-    return Batch(cursor.lastrowid, payload_id, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0)
+    return Batch(cursor.lastrowid, payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0)
 
 
-def _fragments(batch: Batch) -> list[bytes]:
+def _fragments(batch: Batch, sep: int) -> list[bytes]:
     out, pos = [], 0
     for n in unpack_lengths(batch.lengths):
         out.append(batch.data[pos : pos + n])
-        pos += n + 1
+        pos += n + sep
     return out
 
 
-def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, retry_at: float, cut_partial: bool) -> int:
+def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: int, now: float, retry_at: float, cut_partial: bool) -> int:
     """Move pending rows, in order, into batches that fit the limits exactly.
 
     Rows are read a few at a time and at most ``MAX_BATCHES_PER_CUT`` batches are cut per call, so
     memory stays at about one batch whatever the backlog (a million undelivered events do not come
     into memory at once) and the writer thread is not held long: appends waiting for their commit
     go between two calls. A row the last batch ends inside keeps its remainder."""
+    sep, framing = store.separator, store.framing
+    seplen = len(sep)
     batches = 0
+    tag: str | None = None  # the tag of the batch being filled: a batch holds one tag
     parts: list[bytes] = []
     lengths: list[int] = []
     nbytes = 0
@@ -484,30 +496,35 @@ def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, 
     def flush() -> None:
         nonlocal parts, lengths, nbytes, oldest, batches
         if lengths:
-            _insert_batch(conn, b",".join(parts), lengths, nbytes, oldest, now, retry_at)
+            _insert_batch(conn, tag, sep.join(parts), lengths, nbytes, oldest, now, retry_at)
             batches += 1
         parts, lengths, nbytes, oldest = [], [], 0, None
 
     last_id = -1
     while True:
         rows = conn.execute(
-            "SELECT id, data, lengths, count, bytes, oldest_ms FROM pending WHERE id > ? ORDER BY id LIMIT 64",
+            "SELECT id, tag, data, lengths, count, bytes, oldest_ms FROM pending WHERE id > ? ORDER BY id LIMIT 64",
             (last_id,),
         ).fetchall()
         if not rows:
             break
-        for row_id, data, packed, count, row_bytes, oldest_ms in rows:
+        for row_id, row_tag, data, packed, count, row_bytes, oldest_ms in rows:
             last_id = row_id
+            if lengths and row_tag != tag:
+                flush()
+                if batches >= MAX_BATCHES_PER_CUT:
+                    return batches
+            tag = row_tag
             row_lengths = unpack_lengths(packed)
             start = 0  # index of the first fragment of this row not yet batched
             offset = 0  # its byte offset in data
             while start < count:
-                room_bytes = max_body - 2 - (nbytes + len(lengths))  # body: [ + fragments + commas + ]
+                room_bytes = max_body - framing - (nbytes + len(lengths) * seplen)  # framing + fragments + separators
                 room_records = max_records - len(lengths)
                 # How many of this row's remaining fragments fit.
                 take, size = 0, 0
                 while start + take < count and take < room_records:
-                    add = row_lengths[start + take] + (1 if (lengths or take) else 0)
+                    add = row_lengths[start + take] + (seplen if (lengths or take) else 0)
                     if size + add > room_bytes:
                         break
                     size += add
@@ -518,13 +535,13 @@ def _cut(conn: sqlite3.Connection, max_body: int, max_records: int, now: float, 
                     flush()
                     continue
                 taken = sum(row_lengths[start : start + take])
-                end_offset = offset + taken + (take - 1)
+                end_offset = offset + taken + (take - 1) * seplen
                 parts.append(data[offset:end_offset])
                 lengths.extend(row_lengths[start : start + take])
                 nbytes += taken
                 oldest = oldest_ms if oldest is None else min(oldest, oldest_ms)
                 start += take
-                offset = end_offset + 1
+                offset = end_offset + seplen
                 if start < count:  # the batch is full in the middle of this row
                     flush()
                     if batches >= MAX_BATCHES_PER_CUT:

@@ -72,3 +72,25 @@ def test_memory_store_and_dead_letters(tmp_path):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_msgpack_fragments_without_separator_and_one_tag_per_batch(tmp_path):
+    async def scenario():
+        store = Store(str(tmp_path / "f.sqlite3"), separator=b"", framing=0)
+        await store.open()
+        frags = [bytes([0x90 + (i % 10)]) * (5 + i % 3) for i in range(30)]
+        for i, tag in ((0, "a"), (10, "a"), (20, "b")):
+            part = frags[i : i + 10]
+            await store.append(b"".join(part), [len(f) for f in part], sum(len(f) for f in part), 1, tag=tag)
+        while await store.cut_batches(40, 1000, 0, time.time(), 0):
+            pass
+        batches = await store.due_batches(time.time(), 100)
+        assert all(b.bytes <= 40 and len(b.data) == b.bytes for b in batches)
+        assert {b.tag for b in batches} == {"a", "b"}
+        assert b"".join(b.data for b in batches if b.tag == "a") == b"".join(frags[:20])
+        assert b"".join(b.data for b in batches if b.tag == "b") == b"".join(frags[20:])
+        halves = await store.split(batches[0], 0)
+        assert b"".join(h.data for h in halves) == batches[0].data and {h.tag for h in halves} == {batches[0].tag}
+        await store.close()
+
+    asyncio.run(scenario())
