@@ -63,7 +63,7 @@ def test_check_config_refuses_a_typo_with_file_and_line(console_script, tmp_path
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{conf}:8: <match signal.**> @type stdout: unknown parameter 'time_fromat' (did you mean 'time_format'?)",
-        f"{conf}:11: <match other>: unknown output type 'nul' (did you mean 'null'?); known: launchdarkly, null, stdout",
+        f"{conf}:11: <match other>: unknown output type 'nul' (did you mean 'null'?); known: forward, launchdarkly, null, stdout",
         "config refused: 2 errors",
     ]
 

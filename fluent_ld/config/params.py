@@ -530,7 +530,7 @@ def validate_section(element: Element, spec: Section, label: str, errors: list[C
             continue
         if p.required:
             errors.append(ConfigError(element.where, f"{label}: missing required parameter '{p.name}'"))
-        values[p.name] = p.default
+        values[p.name] = _default(p)
 
     for child_spec in spec.sections:
         children = [e for e in element.elements if e.name == child_spec.name]
@@ -588,10 +588,15 @@ def _defaults(spec: Section, where: Where) -> Conf | None:
     None when it has a required parameter (it is then really absent)."""
     if any(p.required for p in spec.params):
         return None
-    values: dict[str, Any] = {p.name: p.default for p in spec.params}
+    values: dict[str, Any] = {p.name: _default(p) for p in spec.params}
     for s in spec.sections:
         values[s.name] = [] if s.multi else _defaults(s, where)
     return Conf(spec, where, None, values, {})
+
+
+def _default(p: Param) -> Any:
+    # A secret is a Secret whether it was given or took its default.
+    return Secret(p.default) if p.secret and isinstance(p.default, str) else p.default
 
 
 def _unknown(kind: str, name: str, spec: Section) -> str:

@@ -1,3 +1,3 @@
 """Built-in outputs (importing this package registers them)."""
 
-from fluent_ld.outputs import launchdarkly, null, stdout  # noqa: F401
+from fluent_ld.outputs import forward, launchdarkly, null, stdout  # noqa: F401

@@ -1,0 +1,37 @@
+"""The ``<buffer>`` section of the durable outputs (LaunchDarkly, forward): where admitted events
+wait, how batches are cut, how failed sends are retried, and when sources are slowed."""
+
+from __future__ import annotations
+
+from fluent_ld.config.params import Bool, Enum, Integer, Param, Section, Size, String, Time
+from fluent_ld.encode import LD_BODY_LIMIT
+
+__all__ = ["BUFFER", "watermarks"]
+
+BUFFER = Section(
+    "buffer",
+    "Where admitted events wait, how batches are cut, and how failed sends are retried.",
+    params=(
+        Param("@type", Enum("file", "memory"), "file", "file: SQLite on disk, fsynced before the ack; memory: lost on a crash (tests, trials)."),
+        Param("path", String(), None, "The folder of the store (file buffers); one database per output per worker."),
+        Param("flush_interval", Time(min=0), 1.0, "How long events may wait for more before a batch is cut."),
+        Param("chunk_limit_size", Size(min=1024, max=LD_BODY_LIMIT), 9 * 1024 * 1024, "The largest batch body; LaunchDarkly takes at most 10 MB."),
+        Param("chunk_limit_records", Integer(min=1), 50_000, "The most events in one batch."),
+        Param("total_limit_size", Size(min=1024), 4 * 1024**3, "Undelivered events kept at most; past the high watermark sources are slowed."),
+        Param("high_watermark", Size(min=1), None, "Above this many undelivered bytes, admit reports full (default: 90% of total_limit_size)."),
+        Param("low_watermark", Size(min=0), None, "Below this, sources resume (default: 70% of total_limit_size)."),
+        Param("retry_wait", Time(min=0.001), 1.0, "The wait after a first failed send; it doubles per attempt."),
+        Param("retry_max_interval", Time(min=0.001), 300.0, "The longest wait between attempts."),
+        Param("retry_timeout", Time(min=1), 72 * 3600.0, "A batch not delivered after this long goes to the dead-letter store as expired."),
+        Param("retry_randomize", Bool(), True, "Spread each wait over 87.5%..112.5% so outputs do not retry in step."),
+    ),
+)
+
+
+
+def watermarks(buffer) -> tuple[int, int]:
+    """(high, low) in bytes: given, or 90% and 70% of total_limit_size."""
+    total = buffer.total_limit_size
+    high = buffer.high_watermark if buffer.high_watermark is not None else int(total * 0.9)
+    low = buffer.low_watermark if buffer.low_watermark is not None else int(total * 0.7)
+    return high, low

@@ -1,0 +1,337 @@
+"""``@type forward`` output: records to another Fluent node (Fluentd, Fluent Bit, fluent-ld) over
+the forward protocol, held in the durable store until that node acknowledges them.
+
+Each frozen batch is one PackedForward request of one tag (optionally gzip-compressed) whose
+``chunk`` is the batch's payload id, so a resend after a missing or mismatched ack carries the same
+id. Servers: weighted choice among the healthy non-standby ones, standby servers when none is
+healthy; a failed server is probed (TCP connect, as Fluentd's transport heartbeat) until it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+from fluent_ld.config.errors import ConfigError
+from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
+from fluent_ld.encode import gzip_body
+from fluent_ld.forward.codec import encode_event_time
+from fluent_ld.outputs.buffer import BUFFER, watermarks
+from fluent_ld.plugin import BufferFullError, Entries, Output, StartError
+from fluent_ld.registry import register
+from fluent_ld.retry import RetryPolicy
+from fluent_ld.store import Batch, DeadLetter, Store, StoreError
+
+SERVER = Section(
+    "server",
+    "A node to send to; several give load balancing and failover.",
+    params=(
+        Param("host", String(), REQUIRED, "Its host name or address."),
+        Param("port", Integer(1, 65535), 24224, "Its forward port."),
+        Param("name", String(), None, "A name for logs (default host:port)."),
+        Param("weight", Integer(1, 1000), 60, "Its share of the batches among the servers in use."),
+        Param("standby", Bool(), False, "Used only while no other server is healthy."),
+        Param("username", String(), "", "The user for the handshake when the server requires user authentication."),
+        Param("password", String(), "", "That user's password.", secret=True),
+    ),
+    multi=True,
+    required=True,
+)
+
+SECURITY = Section(
+    "security",
+    "The shared-key handshake the receiving node requires.",
+    params=(
+        Param("self_hostname", String(), REQUIRED, "This node's name in the handshake; must differ from the server's."),
+        Param("shared_key", String(), REQUIRED, "The shared key.", secret=True),
+    ),
+)
+
+
+@dataclass
+class _Server:
+    host: str
+    port: int
+    name: str
+    weight: int
+    standby: bool
+    username: str
+    password: str
+    healthy: bool = True
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, msgpack.Unpacker] | None = field(default=None, repr=False)
+
+
+class _SendError(Exception):
+    pass
+
+
+@register
+class ForwardOutput(Output):
+    type_name = "forward"
+    summary = "Sends records to another Fluent node (Fluentd, Fluent Bit, fluent-ld) over the forward protocol, durably."
+    section = Section(
+        "match",
+        summary,
+        params=(
+            Param("require_ack_response", Bool(), False, "Wait for the receiver's ack before a batch counts as delivered (resend otherwise)."),
+            Param("ack_response_timeout", Time(min=0.01), 190.0, "How long to wait for an ack before resending."),
+            Param("compress", Enum("text", "gzip"), "text", "gzip sends CompressedPackedForward."),
+            Param("connect_timeout", Time(min=0.01), 10.0, "How long a connection (and its handshake) may take."),
+            Param("send_timeout", Time(min=0.01), 60.0, "How long writing one batch may take."),
+            Param("heartbeat_interval", Time(min=0.01), 1.0, "How often a failed server is probed."),
+            Param("transport", Enum("tcp", "tls"), "tcp", "tls encrypts the connections."),
+            Param("tls_ca_cert_path", String(), None, "CA certificates (PEM) to verify the servers (default: the system's)."),
+            Param("tls_verify_hostname", Bool(), True, "Check that the server certificate names the host."),
+            Param("tls_insecure_mode", Bool(), False, "Skip certificate verification entirely (tests only)."),
+        ),
+        sections=(SERVER, SECURITY, BUFFER),
+    )
+
+    @classmethod
+    def check(cls, conf) -> list[ConfigError]:
+        errors = []
+        buffer = conf.buffer
+        if buffer["@type"] == "file" and not buffer.path:
+            errors.append(ConfigError(buffer.where, "<match> @type forward <buffer>: a file buffer needs 'path'"))
+        if not any(not s.standby for s in conf.server):
+            errors.append(ConfigError(conf.where, "<match> @type forward: at least one <server> must not be a standby"))
+        return errors
+
+    def __init__(self, conf, plugin_id, worker: int = 0) -> None:
+        super().__init__(conf, plugin_id)
+        buffer = conf.buffer
+        path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3") if buffer["@type"] == "file" else None
+        self.store = Store(path, separator=b"", framing=0)
+        self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
+        self.high, self.low = watermarks(buffer)
+        self.servers = [
+            _Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal())
+            for s in conf.server
+        ]
+        self.stats: dict[str, int] = {}
+        self.room = asyncio.Event()
+        self.wake = asyncio.Event()
+        self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    async def start(self) -> None:
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            raise StartError(f"cannot open the store: {exc}") from exc
+        self.room.set()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._drain()), loop.create_task(self._heartbeat())]
+        self.log.info(
+            "Forwarding to %s; %d undelivered records in the store.",
+            ", ".join(s.name + (" (standby)" if s.standby else "") for s in self.servers),
+            self.store.pending_events,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self.servers:
+            self._drop(server)
+        await self.store.close()
+
+    # -- admit -------------------------------------------------------------------------------------
+
+    async def admit(self, tag: str, entries: Entries) -> None:
+        if self.store.pending_bytes >= self.high:
+            self.room.clear()
+            raise BufferFullError(f"{self.store.pending_bytes} undelivered bytes over high_watermark", self.room.wait)
+        pack = self._packer.pack
+        fragments, dead = [], []
+        for time_ns, record in entries:
+            try:
+                fragments.append(pack([encode_event_time(time_ns), record]))
+            except (TypeError, ValueError, OverflowError) as exc:
+                dead.append(DeadLetter("invalid", f"cannot be encoded as msgpack: {exc}", None, tag, time_ns, repr(record).encode()))
+        if not fragments and not dead:
+            return
+        lengths = [len(f) for f in fragments]
+        oldest = min((t for t, _ in entries), default=0) // 1_000_000
+        await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
+        self.wake.set()
+
+    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
+        await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
+
+    # -- drain -------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        buffer = self.conf.buffer
+        while not self._stopping:
+            wait = min(max(buffer.flush_interval / 2, 0.05), 1.0)
+            try:
+                now = time.time()
+                await self.store.cut_batches(buffer.chunk_limit_size, buffer.chunk_limit_records, buffer.flush_interval, now, now)
+                for batch in await self.store.due_batches(now, 16):
+                    await self._deliver(batch)
+                nxt = await self.store.next_attempt_at()
+                if nxt is not None:
+                    wait = min(wait, max(nxt - time.time(), 0.01))
+            except StoreError as exc:
+                self.log.error("The store failed: %s; trying again.", exc)
+                wait = 1.0
+            if self.store.pending_bytes <= self.low:
+                self.room.set()
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _deliver(self, batch: Batch) -> None:
+        now = time.time()
+        if self.policy.expired(batch.created_at, now):
+            await self.store.bury(batch, "expired", f"not forwarded within retry_timeout after {batch.attempts} attempt(s)", None)
+            self.log.error("A batch of %d records expired unforwarded: moved to the dead-letter store.", batch.count)
+            return
+        server = self._pick()
+        if server is None:
+            await self.store.failed(batch, None, "no server is reachable", now + self.policy.delay(batch.attempts + 1, random.random()))
+            return
+        try:
+            await self._send(server, batch)
+        except (OSError, asyncio.TimeoutError, _SendError, ssl.SSLError, msgpack.UnpackException, ValueError) as exc:
+            self._failed_server(server, exc)
+            delay = self.policy.delay(batch.attempts + 1, random.random())
+            await self.store.failed(batch, None, f"{server.name}: {exc}", now + delay)
+            self.count("retries")
+            return
+        await self.store.delivered(batch)
+        self.count("records_forwarded", batch.count)
+
+    def _pick(self) -> _Server | None:
+        for standby in (False, True):
+            usable = [s for s in self.servers if s.healthy and s.standby == standby]
+            if usable:
+                return random.choices(usable, weights=[s.weight for s in usable])[0]
+        return None
+
+    def _failed_server(self, server: _Server, exc: BaseException) -> None:
+        if server.healthy:
+            self.log.warning("Server %s failed (%s): trying the others and probing it every %gs.", server.name, exc or type(exc).__name__, self.conf.heartbeat_interval)
+        server.healthy = False
+        self._drop(server)
+
+    def _drop(self, server: _Server) -> None:
+        if server.conn is not None:
+            server.conn[1].close()
+            server.conn = None
+
+    async def _send(self, server: _Server, batch: Batch) -> None:
+        conf = self.conf
+        reader, writer, unpacker = await self._connection(server)
+        option: dict = {"size": batch.count, "chunk": batch.payload_id}
+        payload = batch.data
+        if conf.compress == "gzip":
+            payload = gzip_body(payload)
+            option["compressed"] = "gzip"
+        writer.write(msgpack.packb([batch.tag or "fluent_ld", payload, option], use_bin_type=True))
+        await asyncio.wait_for(writer.drain(), conf.send_timeout)
+        if conf.require_ack_response:
+            reply = await asyncio.wait_for(_read(reader, unpacker), conf.ack_response_timeout)
+            if not isinstance(reply, dict) or reply.get("ack") != batch.payload_id:
+                raise _SendError(f"ack mismatch: expected {batch.payload_id!r}, got {reply!r}")
+
+    async def _connection(self, server: _Server):
+        if server.conn is not None and not server.conn[1].is_closing():
+            return server.conn
+        conf = self.conf
+        tls = self._tls_context() if conf.transport == "tls" else None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(server.host, server.port, ssl=tls, server_hostname=server.host if tls else None),
+            conf.connect_timeout,
+        )
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            if conf.security is not None:
+                await asyncio.wait_for(self._handshake(server, reader, writer, unpacker), conf.connect_timeout)
+        except BaseException:
+            writer.close()
+            raise
+        server.conn = (reader, writer, unpacker)
+        return server.conn
+
+    async def _handshake(self, server: _Server, reader, writer, unpacker) -> None:
+        """The client side of HELO / PING / PONG, as Fluentd's out_forward does it."""
+        sec = self.conf.security
+        key = sec.shared_key.reveal().encode()
+        helo = await _read(reader, unpacker)
+        if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
+            raise _SendError(f"expected HELO, got {helo!r}")
+        nonce = _raw(helo[1].get("nonce", b""))
+        auth = _raw(helo[1].get("auth", b""))
+        salt = os.urandom(16).hex().encode()
+        me = sec.self_hostname.encode()
+        digest = hashlib.sha512(salt + me + nonce + key).hexdigest()
+        password = hashlib.sha512(auth + server.username.encode() + server.password.encode()).hexdigest() if auth else ""
+        writer.write(msgpack.packb(["PING", sec.self_hostname, salt.decode(), digest, server.username, password]))
+        await writer.drain()
+        pong = await _read(reader, unpacker)
+        if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
+            raise _SendError(f"expected PONG, got {pong!r}")
+        _, ok, reason, their_name, their_digest = pong
+        if not ok:
+            raise _SendError(f"handshake refused: {reason}")
+        if their_name == sec.self_hostname:
+            raise _SendError("the server has this node's own self_hostname")
+        expected = hashlib.sha512(salt + str(their_name).encode() + nonce + key).hexdigest()
+        if their_digest != expected:
+            raise _SendError("the server's handshake digest is wrong (another shared key?)")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        conf = self.conf
+        context = ssl.create_default_context(cafile=conf.tls_ca_cert_path)
+        if conf.tls_insecure_mode:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif not conf.tls_verify_hostname:
+            context.check_hostname = False
+        return context
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.conf.heartbeat_interval)
+            for server in self.servers:
+                if server.healthy:
+                    continue
+                try:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port), self.conf.connect_timeout)
+                    writer.close()
+                except (OSError, asyncio.TimeoutError):
+                    continue
+                server.healthy = True
+                self.log.info("Server %s answers again.", server.name)
+                self.wake.set()
+
+
+async def _read(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
+    while True:
+        for obj in unpacker:
+            return obj
+        data = await reader.read(65536)
+        if not data:
+            raise _SendError("the server closed the connection")
+        unpacker.feed(data)
+
+
+def _raw(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
