@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 from harness import RunningNode
+from test_forward_security import pki  # noqa: F401  (fixture)
 
 SECRET = "whsec-test"
 
@@ -126,3 +127,14 @@ def test_failover_to_a_standby_server(tmp_path):
         records = b.wait_records(3)
         assert sorted(r[2]["_id"] for r in records) == ["id-0", "id-1", "id-2"]
         assert not a.output().servers[0].healthy
+
+
+def test_tls_to_the_receiver(tmp_path, pki):  # noqa: F811
+    ca, d = pki
+    port = free_port()
+    transport_in = f"<transport tls>\n    cert_path {d}/server.crt\n    private_key_path {d}/server.key\n  </transport>"
+    with receiver(port, transport_in) as b, sender(
+        tmp_path, server(port), extra=f"transport tls\n  tls_ca_cert_path {d}/ca.crt"
+    ) as a:
+        assert webhook(a, 7) == 200
+        assert b.wait_records(1)[0][2]["_id"] == "id-7"
