@@ -7,6 +7,7 @@ generates the reference docs and builds the :class:`~fluent_ld.config.params.Con
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -66,9 +67,13 @@ class Plugin:
     def __init__(self, conf: Conf, plugin_id: str) -> None:
         self.conf = conf
         self.id = plugin_id
+        self.stats: Counter[str] = Counter()  # what happened, by name (exported as metrics later)
         self.log = logging.getLogger(f"fluent_ld.{self.kind}.{plugin_id}")
         if conf["@log_level"]:
             self.log.setLevel(log_level(conf["@log_level"]))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] += n
 
     @classmethod
     def check(cls, conf: Conf) -> list[ConfigError]:

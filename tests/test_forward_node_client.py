@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from harness import CAPTURE_CONF, RunningNode
-from test_forward_security import pki  # noqa: F401  (fixture)
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -58,7 +57,7 @@ def test_shared_key_handshake():
         assert n.source.stats["handshake_failures"] == 0
 
 
-def test_tls(pki):  # noqa: F811
+def test_tls(pki):
     ca, d = pki
     extra = f"<transport tls>\n    cert_path {d}/server.crt\n    private_key_path {d}/server.key\n  </transport>"
     with RunningNode(CONF.format(extra=extra)) as n:

@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 from harness import RunningNode
-from test_forward_security import pki  # noqa: F401  (fixture)
 
 SECRET = "whsec-test"
 
@@ -129,7 +128,7 @@ def test_failover_to_a_standby_server(tmp_path):
         assert not a.output().servers[0].healthy
 
 
-def test_tls_to_the_receiver(tmp_path, pki):  # noqa: F811
+def test_tls_to_the_receiver(tmp_path, pki):
     ca, d = pki
     port = free_port()
     transport_in = f"<transport tls>\n    cert_path {d}/server.crt\n    private_key_path {d}/server.key\n  </transport>"

@@ -7,7 +7,6 @@ import ssl
 
 import msgpack
 import pytest
-import trustme
 
 from harness import RawClient, RunningNode, forward_request
 from test_forward_codec import MALFORMED
@@ -136,19 +135,6 @@ def test_handshake_timeout():
         c, _ = connect(n.port)
         assert c.closed_by_server()
         assert n.source.stats["handshake_failures"] == 1
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.private_key_pem.write_to_path(str(d / "server.key"))
-    with open(d / "server.crt", "wb") as f:
-        for pem in server.cert_chain_pems:
-            f.write(pem.bytes())
-    ca.cert_pem.write_to_path(str(d / "ca.crt"))
-    return ca, d
 
 
 TLS = """

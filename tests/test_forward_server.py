@@ -3,7 +3,6 @@
 import socket
 import time
 
-import msgpack
 import pytest
 from fluent import sender
 

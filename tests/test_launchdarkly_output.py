@@ -4,7 +4,6 @@ fault, dead letters, backpressure. In process, real HTTP over loopback."""
 import asyncio
 import json
 
-import pytest
 
 from fluent_ld.ldserver import Fault, LaunchDarklyServer
 from fluent_ld.plugin import BufferFullError

@@ -3,10 +3,14 @@ wait, how batches are cut, how failed sends are retried, and when sources are sl
 
 from __future__ import annotations
 
+import os
+
 from fluent_ld.config.params import Bool, Enum, Integer, Param, Section, Size, String, Time
 from fluent_ld.encode import LD_BODY_LIMIT
+from fluent_ld.plugin import StartError
+from fluent_ld.store import Store, StoreError
 
-__all__ = ["BUFFER", "watermarks"]
+__all__ = ["BUFFER", "open_store", "store_for", "watermarks"]
 
 BUFFER = Section(
     "buffer",
@@ -35,3 +39,18 @@ def watermarks(buffer) -> tuple[int, int]:
     high = buffer.high_watermark if buffer.high_watermark is not None else int(total * 0.9)
     low = buffer.low_watermark if buffer.low_watermark is not None else int(total * 0.7)
     return high, low
+
+
+def store_for(buffer, plugin_id: str, worker: int, separator: bytes = b",", framing: int = 2) -> Store:
+    """The store of one output in one worker: a file under ``<buffer> path``, or memory."""
+    path = None
+    if buffer["@type"] == "file":
+        path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3")
+    return Store(path, separator, framing)
+
+
+async def open_store(store: Store) -> None:
+    try:
+        await store.open()
+    except StoreError as exc:
+        raise StartError(f"cannot open the store: {exc}") from exc

@@ -23,11 +23,11 @@ from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
 from fluent_ld.encode import gzip_body
 from fluent_ld.forward.codec import encode_event_time
-from fluent_ld.outputs.buffer import BUFFER, watermarks
-from fluent_ld.plugin import BufferFullError, Entries, Output, StartError
+from fluent_ld.outputs.buffer import BUFFER, open_store, store_for, watermarks
+from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy
-from fluent_ld.store import Batch, DeadLetter, Store, StoreError
+from fluent_ld.store import Batch, DeadLetter, StoreError
 
 SERVER = Section(
     "server",
@@ -107,29 +107,21 @@ class ForwardOutput(Output):
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
         super().__init__(conf, plugin_id)
         buffer = conf.buffer
-        path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3") if buffer["@type"] == "file" else None
-        self.store = Store(path, separator=b"", framing=0)
+        self.store = store_for(buffer, plugin_id, worker, separator=b"", framing=0)
         self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
         self.high, self.low = watermarks(buffer)
         self.servers = [
             _Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal())
             for s in conf.server
         ]
-        self.stats: dict[str, int] = {}
         self.room = asyncio.Event()
         self.wake = asyncio.Event()
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
-
     async def start(self) -> None:
-        try:
-            await self.store.open()
-        except StoreError as exc:
-            raise StartError(f"cannot open the store: {exc}") from exc
+        await open_store(self.store)
         self.room.set()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._drain()), loop.create_task(self._heartbeat())]

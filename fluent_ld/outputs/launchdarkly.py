@@ -10,7 +10,6 @@ reason; it is never dropped silently.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from typing import Any
@@ -21,12 +20,12 @@ from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
 from fluent_ld.mapping import INVALID
 from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_mapper, check_mapping
-from fluent_ld.outputs.buffer import BUFFER, watermarks as _watermarks
+from fluent_ld.outputs.buffer import BUFFER, open_store, store_for, watermarks as _watermarks
 from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, Answer, Sender
-from fluent_ld.plugin import BufferFullError, Entries, Output, StartError
+from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy, parse_retry_after
-from fluent_ld.store import Batch, DeadLetter, Store, StoreError
+from fluent_ld.store import Batch, DeadLetter, StoreError
 
 # How often an output paused on 401/403/404 tries one batch again, to notice a fix by itself
 # (or retry_max_interval, if that is shorter).
@@ -79,10 +78,7 @@ class LaunchDarklyOutput(Output):
         super().__init__(conf, plugin_id)
         self.mapper = build_mapper(conf)
         buffer = conf.buffer
-        path = None
-        if buffer["@type"] == "file":
-            path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3")
-        self.store = Store(path)
+        self.store = store_for(buffer, plugin_id, worker)
         self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
         self.high, self.low = _watermarks(buffer)
         self.cap = buffer.chunk_limit_size
@@ -90,7 +86,6 @@ class LaunchDarklyOutput(Output):
             conf.events_host, conf.project_key, conf.environment_key, conf.access_token.reveal(),
             conf.compress == "gzip", conf.request_timeout, conf.max_concurrent_requests,
         )
-        self.stats: dict[str, int] = {}
         self.paused_until = 0.0
         self.auth_error: int | None = None  # 401/403/404 while the output waits for a fix
         self.room = asyncio.Event()
@@ -99,16 +94,10 @@ class LaunchDarklyOutput(Output):
         self._drainer: asyncio.Task | None = None
         self._stopping = False
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
-
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            await self.store.open()
-        except StoreError as exc:
-            raise StartError(f"cannot open the store: {exc}") from exc
+        await open_store(self.store)
         await self.sender.start()
         self._update_room()
         self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"drain:{self.id}")

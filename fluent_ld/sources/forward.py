@@ -9,7 +9,6 @@ import os
 import socket
 import ssl
 import time
-from collections import Counter
 from typing import Any
 
 from fluent_ld.config.errors import ConfigError
@@ -147,15 +146,11 @@ class ForwardSource(Source):
         self.limits = DecoderLimits(conf.chunk_size_limit, conf.decompression_size_limit)
         self.connections: set[ForwardConnection] = set()
         self.security: Security | None = None
-        self.stats: Counter[str] = Counter()
         self.port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task | None = None
         self.stopping = False  # new connections are refused from here on
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] += n
 
     async def start(self) -> None:
         conf = self.conf

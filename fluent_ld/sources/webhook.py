@@ -91,7 +91,6 @@ class LaunchDarklyWebhookSource(Source):
         super().__init__(conf, plugin_id, emitter)
         self.policy = compile_policy(conf.policy) if conf.policy is not None else None
         self.secret = conf.secret.reveal().encode() if conf.secret is not None else None
-        self.stats: dict[str, int] = {}
         self.port: int | None = None
         self.seen = SeenIds(
             os.path.join(conf.state_path, f"{plugin_id}.sqlite3") if conf.state_path else None, conf.dedup_window
@@ -101,9 +100,6 @@ class LaunchDarklyWebhookSource(Source):
         self._seq = itertools.count()
         self._flusher: asyncio.Task | None = None
         self._in_flight: set[str] = set()
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
 
     async def start(self) -> None:
         conf = self.conf
