@@ -293,6 +293,54 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+BACKFILL_WARNING = (
+    "Note: LaunchDarkly only counts events that arrive while an experiment iteration is running "
+    "(and after the context first encountered the experiment); events sent for a past period add "
+    "nothing to its results."
+)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+    from fluent import sender
+    from tqdm import tqdm
+
+    print(BACKFILL_WARNING, file=sys.stderr)
+    client = sender.FluentSender(args.tag, host=args.host, port=args.port, nanosecond_precision=True, timeout=10)
+    sent = skipped = 0
+    interval = 1.0 / args.rate if args.rate else 0.0
+    next_at = time.monotonic()
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    try:
+        with stream, tqdm(stream, unit=" lines", disable=args.quiet or None, file=sys.stderr) as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    record = None
+                if not isinstance(record, dict):
+                    skipped += 1
+                    tqdm.write(f"line {number}: not a JSON object, skipped", file=sys.stderr)
+                    continue
+                if interval:
+                    next_at += interval
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if not client.emit(None, record):
+                    print(f"line {number}: could not send to {args.host}:{args.port}: {client.last_error}", file=sys.stderr)
+                    return EXIT_FAILED
+                sent += 1
+    finally:
+        client.close()
+    print(f"sent {sent} event{'s' if sent != 1 else ''} to {args.host}:{args.port} as {args.tag!r}; {skipped} line(s) skipped", file=sys.stderr)
+    return EXIT_OK
+
+
 def _add_mapping_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="take the mapping from this config's LaunchDarkly <match>")
     parser.add_argument("--id", metavar="ID", help="with -c: the @id of the <match> to use (default: the first)")
@@ -329,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole path locally: node, LaunchDarkly-compatible server, sample events")
     demo.set_defaults(func=_cmd_demo)
+
+    send = sub.add_parser("send", help="send Signal events (JSON lines) to a forward endpoint, for backfills and trials")
+    send.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="JSON lines (default: stdin)")
+    send.add_argument("--tag", default="signal.send", help="the tag of the records (default: signal.send)")
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=24224)
+    send.add_argument("--rate", type=float, default=0, help="events per second at most (default: as fast as possible)")
+    send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=_cmd_send)
 
     buffer = sub.add_parser("buffer", help="the stores of the LaunchDarkly outputs")
     buffer.add_argument("action", choices=["status"])

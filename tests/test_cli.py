@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -162,3 +163,33 @@ def test_run_refuses_a_bad_config_before_starting(console_script, tmp_path):
     assert result.returncode == 1
     assert f"{conf}:3: <match **> @type stdout: unknown parameter 'colour'" in result.stderr
     assert "started" not in result.stderr
+
+
+def test_send_against_a_running_node(console_script, tmp_path):
+    from harness import capture_node
+
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(json.dumps({"type": "track", "event": "Signed Up", "user_id": f"u{i}"}) for i in range(25))
+        + "\n[1, 2]\n\n"
+    )
+    with capture_node() as n:
+        result = run(console_script, "send", str(events), "--port", str(n.port), "--tag", "signal.backfill", "--rate", "500")
+        assert result.returncode == 0, result.stderr
+        records = n.wait_records(25)
+    assert [r[2]["user_id"] for r in records] == [f"u{i}" for i in range(25)]
+    assert {r[0] for r in records} == {"signal.backfill"}
+    assert "only counts events that arrive while an experiment iteration is running" in result.stderr
+    assert "line 26: not a JSON object, skipped" in result.stderr
+    assert "sent 25 events to 127.0.0.1:" in result.stderr and "1 line(s) skipped" in result.stderr
+
+
+def test_send_to_nothing_fails_clearly(console_script, tmp_path):
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"type": "page", "user_id": "u"}\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    result = run(console_script, "send", str(events), "--port", str(port), "--quiet")
+    assert result.returncode == 1
+    assert f"could not send to 127.0.0.1:{port}" in result.stderr
