@@ -21,12 +21,32 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a config refused, a plugin that could not start
 
 
-def _setup_logging(level: str) -> None:
+class JSONFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
     logging.addLevelName(5, "TRACE")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-    )
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(log_level(level))
@@ -82,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return EXIT_FAILED
-    _setup_logging(args.log_level or config.system.log_level)
+    _setup_logging(args.log_level or config.system.log_level, config.system.log_format)
     try:
         asyncio.run(_serve(config))
     except StartError as exc:

@@ -193,3 +193,18 @@ def test_send_to_nothing_fails_clearly(console_script, tmp_path):
     result = run(console_script, "send", str(events), "--port", str(port), "--quiet")
     assert result.returncode == 1
     assert f"could not send to 127.0.0.1:{port}" in result.stderr
+
+
+def test_json_log_lines(console_script, tmp_path):
+    conf = tmp_path / "json.conf"
+    conf.write_text("<system>\n  log_format json\n</system>\n<source>\n  @type sample\n  tag signal.x\n</source>\n<match **>\n  @type null\n</match>\n")
+    proc = subprocess.Popen([console_script, "run", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stderr.readline())
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert first["level"] == "info" and first["logger"] == "fluent_ld.node"
+    assert first["message"].startswith("fluent-ld started:")
+    assert all(json.loads(line)["message"] for line in rest.splitlines())

@@ -22,6 +22,7 @@ SYSTEM = Section(
     "Settings of the whole node.",
     params=(
         Param("log_level", Enum(*LOG_LEVELS), "info", "The lowest level of log lines the node writes."),
+        Param("log_format", Enum("text", "json"), "text", "Log lines as readable text, or one JSON object per line."),
     ),
 )
 
@@ -83,7 +84,7 @@ class NodeConfig:
     def dump(self) -> str:
         """The config as checked, in config syntax, with every secret masked."""
         lines: list[str] = []
-        if self.system.is_given("log_level"):
+        if self.system.is_given("log_level") or self.system.is_given("log_format"):
             lines += self.system.dump()
         for p in (*self.sources, *self.matches):
             lines += p.conf.dump(arg=p.pattern.text if p.pattern else None)
