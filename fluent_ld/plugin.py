@@ -67,7 +67,7 @@ class Plugin:
     def __init__(self, conf: Conf, plugin_id: str) -> None:
         self.conf = conf
         self.id = plugin_id
-        self.stats: Counter[str] = Counter()  # what happened, by name (exported as metrics later)
+        self.stats: Counter[str] = Counter()  # what happened, by name (the Prometheus metrics are in fluent_ld.metrics)
         self.log = logging.getLogger(f"fluent_ld.{self.kind}.{plugin_id}")
         if conf["@log_level"]:
             self.log.setLevel(log_level(conf["@log_level"]))
@@ -86,9 +86,15 @@ class Plugin:
     async def stop(self) -> None:
         """Release everything; for an output, after every admitted record is safe."""
 
+    async def refresh_metrics(self) -> None:
+        """Bring gauges that are read rather than counted (store depth, ages) up to date."""
+
 
 class Source(Plugin):
     kind = "source"
+    # With <system> workers N: True for sources only worker 0 runs (an HTTP endpoint that cannot
+    # share its port), False for those every worker runs (forward, which shares it with SO_REUSEPORT).
+    served_once: ClassVar[bool] = False
 
     def __init__(self, conf: Conf, plugin_id: str, emitter: Emitter) -> None:
         super().__init__(conf, plugin_id)
@@ -97,6 +103,10 @@ class Source(Plugin):
 
 class Output(Plugin):
     kind = "output"
+
+    def __init__(self, conf: Conf, plugin_id: str, worker: int = 0) -> None:
+        super().__init__(conf, plugin_id)
+        self.worker = worker  # each worker keeps its own store
 
     async def admit(self, tag: str, entries: Entries) -> None:
         """Take responsibility for these records. Returning is the promise: a durable output

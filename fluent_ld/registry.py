@@ -37,7 +37,7 @@ def catalogue() -> Mapping[str, Mapping[str, PluginSpec]]:
     _load_builtin()
     return {
         kind: {
-            name: PluginSpec(kind, name, cls.summary, cls.section, cls.check)
+            name: PluginSpec(kind, name, cls.summary, cls.section, cls.check, getattr(cls, "served_once", False))
             for name, cls in sorted(types.items())
         }
         for kind, types in _TYPES.items()

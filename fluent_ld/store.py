@@ -134,6 +134,8 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fsyncs = 0
         self.fsync_seconds = 0.0
+        self.on_commit: Callable[[float], None] | None = None  # called from the writer thread
+        self.last_error: str | None = None  # set while commits fail (disk full, I/O error)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -215,14 +217,19 @@ class Store:
                     results.append((future, False, exc))
             started = time.perf_counter()
             conn.execute("COMMIT")
-            self.fsync_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.fsync_seconds += elapsed
             self.fsyncs += 1
+            self.last_error = None
+            if self.on_commit is not None:
+                self.on_commit(elapsed)
         except sqlite3.Error as exc:  # disk full, I/O error: nothing in this group is durable
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             error = StoreError(f"{self.path or 'memory store'}: {exc}")
+            self.last_error = str(error)
             results = [(future, False, error) for _, future in group]
         for future, ok, value in results:
             self._loop.call_soon_threadsafe(_set_result if ok else _set_exception, future, value)
@@ -343,6 +350,25 @@ class Store:
         self.pending_events -= batch.count
         self.pending_bytes -= batch.bytes
         self.dead_letter_count += len(fragments)
+
+    async def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest undelivered event has been stored (0 when none); for events already
+        in a batch, counted from the cut, so at most flush_interval short."""
+
+        def op(conn: sqlite3.Connection, store: Store) -> float:
+            row = conn.execute("SELECT admitted_at FROM pending ORDER BY id LIMIT 1").fetchone()
+            batch = conn.execute("SELECT MIN(created_at) FROM batches").fetchone()
+            oldest = min([t for t in (row and row[0], batch[0]) if t], default=None)
+            return max(now - oldest, 0.0) if oldest else 0.0
+
+        return await self._call(op)
+
+    @property
+    def writable(self) -> bool:
+        """The last commit succeeded and the folder can take new files (the WAL, a checkpoint)."""
+        if self.last_error is not None:
+            return False
+        return self.path is None or os.access(os.path.dirname(self.path) or ".", os.W_OK)
 
     async def status(self) -> dict[str, Any]:
         def op(conn: sqlite3.Connection, store: Store) -> dict[str, Any]:

@@ -27,8 +27,8 @@ class CaptureOutput(Output):
     summary = "Test output that keeps records in memory."
     section = Section("match", summary)
 
-    def __init__(self, conf, plugin_id) -> None:
-        super().__init__(conf, plugin_id)
+    def __init__(self, conf, plugin_id, worker: int = 0) -> None:
+        super().__init__(conf, plugin_id, worker)
         self.records: list[tuple[str, int, dict]] = []
         self.dead: list[tuple[str, bytes, str]] = []
         self.fail = 0

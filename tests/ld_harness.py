@@ -39,11 +39,11 @@ def ld_config(url: str, path: str, buffer: str = "", extra: str = "", source: st
 
 
 @contextlib.asynccontextmanager
-async def ld_node(tmp_path, buffer: str = "", extra: str = "", server: LaunchDarklyServer | None = None):
+async def ld_node(tmp_path, buffer: str = "", extra: str = "", server: LaunchDarklyServer | None = None, source: str = ""):
     server = server or LaunchDarklyServer(TOKEN)
     if server.port is None:
         await server.start()
-    node = Node(load_text(ld_config(server.url, str(tmp_path), buffer, extra), "ld.conf"))
+    node = Node(load_text(ld_config(server.url, str(tmp_path), buffer, extra, source), "ld.conf"))
     await node.start()
     try:
         yield node, node.outputs[0][1], server

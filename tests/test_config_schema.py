@@ -94,7 +94,7 @@ def test_every_problem_is_reported_at_once():
         """
     ) == [
         "node.conf:1: parameter 'top_level' is outside any section; parameters go inside <system>, <source> or <match>",
-        "node.conf:3: <source>: unknown source type 'sampel' (did you mean 'sample'?); known: forward, launchdarkly_webhook, sample",
+        "node.conf:3: <source>: unknown source type 'sampel' (did you mean 'sample'?); known: forward, launchdarkly_webhook, monitor_agent, sample",
         "node.conf:5: <source>: missing required parameter '@type'",
         "node.conf:8: <match a.{b>: pattern 'a.{b' has an unclosed '{'",
         "node.conf:13: <match b> @type stdout: parameter 'time_format': expected one of iso8601, unix; got 'rfc'",
@@ -191,3 +191,36 @@ def test_load_of_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigErrors) as exc:
         load(str(tmp_path / "nope.conf"))
     assert str(exc.value) == f"{tmp_path}/nope.conf: cannot read the config: No such file or directory"
+
+
+def test_workers_need_a_port_they_can_share():
+    errors = errors_of(
+        """\
+        <system>
+          workers 2
+        </system>
+        <source>
+          @type forward
+          port 0
+        </source>
+        <source>
+          @type forward
+          path /tmp/fluent-ld.sock
+        </source>
+        <source>
+          @type monitor_agent
+          port 0
+        </source>
+        <match **>
+          @type null
+        </match>
+        """
+    )
+    assert errors == [
+        "node.conf:6: <source> @type forward: port 0 (any free port) cannot be shared by 2 workers; set a port",
+        "node.conf:10: <source> @type forward: a Unix socket cannot be shared by 2 workers; listen on a TCP port, or run one worker",
+    ]  # the monitor is served once (by worker 0): its port 0 is fine
+
+
+def test_workers_are_bounded():
+    assert errors_of("<system>\n  workers 0\n</system>\n") == ["node.conf:2: <system>: parameter 'workers': the value must be at least 1"]

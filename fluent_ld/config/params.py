@@ -487,6 +487,10 @@ class Conf:
         lines.append(f"{indent}</{self._spec.name}>")
         return lines
 
+    def given_params(self) -> dict[str, str]:
+        """The parameters given in this section (not its children), as written, secrets masked."""
+        return {p.name: MASK if p.secret else self._given[p.name].text for p in self._spec.params if p.name in self._given}
+
     def _given_anything(self) -> bool:
         return bool(self._given) or self._arg not in (None, "") or any(
             isinstance(v, list) and v or isinstance(v, Conf) and v._given_anything()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fluent_ld.config.errors import ConfigError, ConfigErrors, Where
-from fluent_ld.config.params import REQUIRED, Conf, Enum, Param, Section, String, validate_section
+from fluent_ld.config.params import REQUIRED, Conf, Enum, Integer, Param, Section, String, validate_section
 from fluent_ld.config.parser import Element
 from fluent_ld.router import MatchPattern, PatternError
 
@@ -23,6 +23,7 @@ SYSTEM = Section(
     params=(
         Param("log_level", Enum(*LOG_LEVELS), "info", "The lowest level of log lines the node writes."),
         Param("log_format", Enum("text", "json"), "text", "Log lines as readable text, or one JSON object per line."),
+        Param("workers", Integer(1, 64), 1, "Worker processes; they share the forward port (SO_REUSEPORT) and each keeps its own stores."),
     ),
 )
 
@@ -45,6 +46,7 @@ class PluginSpec:
     summary: str
     section: Section
     check: Callable[[Conf], list[ConfigError]] = field(default=lambda conf: [])
+    served_once: bool = False  # a source only worker 0 runs (see plugin.Source.served_once)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class NodeConfig:
     def dump(self) -> str:
         """The config as checked, in config syntax, with every secret masked."""
         lines: list[str] = []
-        if self.system.is_given("log_level") or self.system.is_given("log_format"):
+        if any(self.system.is_given(name) for name in ("log_level", "log_format", "workers")):
             lines += self.system.dump()
         for p in (*self.sources, *self.matches):
             lines += p.conf.dump(arg=p.pattern.text if p.pattern else None)
@@ -130,6 +132,9 @@ def validate_root(root: Element, catalogue: Mapping[str, Mapping[str, PluginSpec
             (sources if element.name == "source" else matches).append(plugin)
 
     plugins = _assign_ids([*sources, *matches], errors)
+    workers = getattr(system, "workers", 1)  # missing when the value itself was refused
+    if workers > 1:
+        _check_shared(sources, catalogue.get("source", {}), workers, errors)
     if errors:
         raise ConfigErrors(errors)
     return NodeConfig(
@@ -206,3 +211,16 @@ def _assign_ids(plugins: list[PluginConf], errors: list[ConfigError]) -> list[Pl
             )
         seen[plugin_id] = p
     return plugins
+
+
+def _check_shared(sources: list[PluginConf], specs: Mapping[str, PluginSpec], workers: int, errors: list[ConfigError]) -> None:
+    """Sources every worker runs share one listening port; it must be known before they start."""
+    for p in sources:
+        spec = specs.get(p.type_name)
+        if spec is None or spec.served_once:
+            continue
+        names = {param.name for param in spec.section.params}
+        if "path" in names and p.conf.is_given("path"):
+            errors.append(ConfigError(p.conf.where_of("path"), f"{p.label}: a Unix socket cannot be shared by {workers} workers; listen on a TCP port, or run one worker"))
+        elif "port" in names and p.conf.port == 0:
+            errors.append(ConfigError(p.conf.where_of("port"), f"{p.label}: port 0 (any free port) cannot be shared by {workers} workers; set a port"))

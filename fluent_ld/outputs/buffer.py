@@ -3,14 +3,17 @@ wait, how batches are cut, how failed sends are retried, and when sources are sl
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
+from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Enum, Integer, Param, Section, Size, String, Time
 from fluent_ld.encode import LD_BODY_LIMIT
 from fluent_ld.plugin import StartError
 from fluent_ld.store import Store, StoreError
 
-__all__ = ["BUFFER", "open_store", "store_for", "watermarks"]
+__all__ = ["BUFFER", "Room", "open_store", "refresh_store_metrics", "store_for", "watermarks"]
 
 BUFFER = Section(
     "buffer",
@@ -32,7 +35,6 @@ BUFFER = Section(
 )
 
 
-
 def watermarks(buffer) -> tuple[int, int]:
     """(high, low) in bytes: given, or 90% and 70% of total_limit_size."""
     total = buffer.total_limit_size
@@ -49,8 +51,45 @@ def store_for(buffer, plugin_id: str, worker: int, separator: bytes = b",", fram
     return Store(path, separator, framing)
 
 
-async def open_store(store: Store) -> None:
+async def open_store(store: Store, plugin_id: str) -> None:
+    store.on_commit = metrics.FSYNC_SECONDS.labels(plugin_id).observe
     try:
         await store.open()
     except StoreError as exc:
         raise StartError(f"cannot open the store: {exc}") from exc
+    metrics.DEAD_LETTERS.labels(plugin_id).set(store.dead_letter_count)
+
+
+async def refresh_store_metrics(store: Store, plugin_id: str) -> None:
+    """The store's gauges: depth, dead letters, the oldest event's wait, writability."""
+    metrics.PENDING_EVENTS.labels(plugin_id).set(store.pending_events)
+    metrics.PENDING_BYTES.labels(plugin_id).set(store.pending_bytes)
+    metrics.DEAD_LETTERS.labels(plugin_id).set(store.dead_letter_count)
+    metrics.STORE_WRITABLE.labels(plugin_id).set(1 if store.writable else 0)
+    try:
+        age = await store.oldest_wait(time.time()) if store.pending_events else 0.0
+    except StoreError:
+        return  # closed, or failing: store_writable already says so
+    metrics.OLDEST_PENDING_AGE.labels(plugin_id).set(age)
+
+
+class Room:
+    """Backpressure of one output: closed when the store passes high_watermark, open again under
+    low_watermark (the gap keeps sources from flapping). The time spent closed is counted."""
+
+    def __init__(self, plugin_id: str) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._closed_at = 0.0
+        self._seconds = metrics.BACKPRESSURE_SECONDS.labels(plugin_id)
+        self.wait = self._open.wait
+
+    def close(self) -> None:
+        if self._open.is_set():
+            self._open.clear()
+            self._closed_at = time.monotonic()
+
+    def open(self) -> None:
+        if not self._open.is_set():
+            self._open.set()
+            self._seconds.inc(time.monotonic() - self._closed_at)

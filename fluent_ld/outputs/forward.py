@@ -23,7 +23,8 @@ from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
 from fluent_ld.encode import gzip_body
 from fluent_ld.forward.codec import encode_event_time
-from fluent_ld.outputs.buffer import BUFFER, open_store, store_for, watermarks
+from fluent_ld import metrics
+from fluent_ld.outputs.buffer import BUFFER, Room, open_store, refresh_store_metrics, store_for, watermarks
 from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy
@@ -105,7 +106,7 @@ class ForwardOutput(Output):
         return errors
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
-        super().__init__(conf, plugin_id)
+        super().__init__(conf, plugin_id, worker)
         buffer = conf.buffer
         self.store = store_for(buffer, plugin_id, worker, separator=b"", framing=0)
         self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
@@ -114,15 +115,14 @@ class ForwardOutput(Output):
             _Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal())
             for s in conf.server
         ]
-        self.room = asyncio.Event()
+        self.room = Room(plugin_id)
         self.wake = asyncio.Event()
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
     async def start(self) -> None:
-        await open_store(self.store)
-        self.room.set()
+        await open_store(self.store, self.id)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._drain()), loop.create_task(self._heartbeat())]
         self.log.info(
@@ -145,7 +145,7 @@ class ForwardOutput(Output):
 
     async def admit(self, tag: str, entries: Entries) -> None:
         if self.store.pending_bytes >= self.high:
-            self.room.clear()
+            self.room.close()
             raise BufferFullError(f"{self.store.pending_bytes} undelivered bytes over high_watermark", self.room.wait)
         pack = self._packer.pack
         fragments, dead = [], []
@@ -154,6 +154,10 @@ class ForwardOutput(Output):
                 fragments.append(pack([encode_event_time(time_ns), record]))
             except (TypeError, ValueError, OverflowError) as exc:
                 dead.append(DeadLetter("invalid", f"cannot be encoded as msgpack: {exc}", None, tag, time_ns, repr(record).encode()))
+        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
+        if dead:
+            metrics.RECORDS_REJECTED.labels(self.id, "invalid").inc(len(dead))
+            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc(len(dead))
         if not fragments and not dead:
             return
         lengths = [len(f) for f in fragments]
@@ -163,6 +167,10 @@ class ForwardOutput(Output):
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
         await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
+        metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc()
+
+    async def refresh_metrics(self) -> None:
+        await refresh_store_metrics(self.store, self.id)
 
     # -- drain -------------------------------------------------------------------------------------
 
@@ -182,7 +190,7 @@ class ForwardOutput(Output):
                 self.log.error("The store failed: %s; trying again.", exc)
                 wait = 1.0
             if self.store.pending_bytes <= self.low:
-                self.room.set()
+                self.room.open()
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=wait)
@@ -193,22 +201,32 @@ class ForwardOutput(Output):
         now = time.time()
         if self.policy.expired(batch.created_at, now):
             await self.store.bury(batch, "expired", f"not forwarded within retry_timeout after {batch.attempts} attempt(s)", None)
+            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "expired").inc(batch.count)
             self.log.error("A batch of %d records expired unforwarded: moved to the dead-letter store.", batch.count)
             return
         server = self._pick()
         if server is None:
             await self.store.failed(batch, None, "no server is reachable", now + self.policy.delay(batch.attempts + 1, random.random()))
             return
+        if batch.attempts == 0:
+            metrics.BATCH_BYTES.labels(self.id).observe(batch.bytes)
+            metrics.BATCH_EVENTS.labels(self.id).observe(batch.count)
+        started = time.perf_counter()
         try:
             await self._send(server, batch)
         except (OSError, asyncio.TimeoutError, _SendError, ssl.SSLError, msgpack.UnpackException, ValueError) as exc:
+            metrics.REQUESTS.labels(self.id, "error").inc()
             self._failed_server(server, exc)
             delay = self.policy.delay(batch.attempts + 1, random.random())
             await self.store.failed(batch, None, f"{server.name}: {exc}", now + delay)
             self.count("retries")
+            metrics.RETRIES.labels(self.id).inc()
             return
+        metrics.REQUESTS.labels(self.id, "ack").inc()
+        metrics.REQUEST_SECONDS.labels(self.id).observe(time.perf_counter() - started)
         await self.store.delivered(batch)
         self.count("records_forwarded", batch.count)
+        metrics.RECORDS_DELIVERED.labels(self.id).inc(batch.count)
 
     def _pick(self) -> _Server | None:
         for standby in (False, True):

@@ -16,11 +16,12 @@ from typing import Any
 
 import orjson
 
+from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
 from fluent_ld.mapping import INVALID
 from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_mapper, check_mapping
-from fluent_ld.outputs.buffer import BUFFER, open_store, store_for, watermarks as _watermarks
+from fluent_ld.outputs.buffer import BUFFER, Room, open_store, refresh_store_metrics, store_for, watermarks as _watermarks
 from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, Answer, Sender
 from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
@@ -75,7 +76,7 @@ class LaunchDarklyOutput(Output):
         return errors
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
-        super().__init__(conf, plugin_id)
+        super().__init__(conf, plugin_id, worker)
         self.mapper = build_mapper(conf)
         buffer = conf.buffer
         self.store = store_for(buffer, plugin_id, worker)
@@ -88,7 +89,7 @@ class LaunchDarklyOutput(Output):
         )
         self.paused_until = 0.0
         self.auth_error: int | None = None  # 401/403/404 while the output waits for a fix
-        self.room = asyncio.Event()
+        self.room = Room(plugin_id)
         self.wake = asyncio.Event()
         self.inflight: dict[int, asyncio.Task] = {}
         self._drainer: asyncio.Task | None = None
@@ -97,8 +98,9 @@ class LaunchDarklyOutput(Output):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await open_store(self.store)
+        await open_store(self.store, self.id)
         await self.sender.start()
+        metrics.AUTH_ERROR.labels(self.id).set(0)
         self._update_room()
         self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"drain:{self.id}")
         where = self.store.path or "memory (lost on a crash)"
@@ -124,13 +126,14 @@ class LaunchDarklyOutput(Output):
                 task.cancel()
         await self.sender.close()
         await self.store.close()
+        metrics.AUTH_ERROR.labels(self.id).set(0)  # this instance no longer speaks for the output
         self.log.info("Stopped with %d undelivered events in the store.", self.store.pending_events)
 
     # -- admit ---------------------------------------------------------------------------------------
 
     async def admit(self, tag: str, entries: Entries) -> None:
         if self.store.pending_bytes >= self.high:
-            self.room.clear()
+            self.room.close()
             self.count("backpressure_refusals")
             raise BufferFullError(
                 f"{self.store.pending_bytes} undelivered bytes is over high_watermark ({self.high})", self.room.wait
@@ -155,10 +158,15 @@ class LaunchDarklyOutput(Output):
                 dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, _json(result.record)))
             else:
                 unmapped += 1
+        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
         if unmapped:
             self.count("records_unmapped", unmapped)
+            metrics.RECORDS_REJECTED.labels(self.id, "unmapped").inc(unmapped)
         if dead:
             self.count("records_dead_lettered", len(dead))
+            for letter in dead:
+                metrics.RECORDS_REJECTED.labels(self.id, letter.kind).inc()
+                metrics.RECORDS_DEAD_LETTERED.labels(self.id, letter.kind).inc()
         if not fragments and not dead:
             return
         await self.store.append(
@@ -170,6 +178,10 @@ class LaunchDarklyOutput(Output):
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
         await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
         self.count("records_dead_lettered")
+        metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc()
+
+    async def refresh_metrics(self) -> None:
+        await refresh_store_metrics(self.store, self.id)
 
     # -- drain ---------------------------------------------------------------------------------------
 
@@ -207,12 +219,23 @@ class LaunchDarklyOutput(Output):
             if self.policy.expired(batch.created_at, now):
                 await self.store.bury(batch, "expired", f"not delivered within retry_timeout after {batch.attempts} attempt(s)", None)
                 self.count("batches_expired")
+                metrics.RECORDS_DEAD_LETTERED.labels(self.id, "expired").inc(batch.count)
                 self.log.error("A batch of %d events expired undelivered after %d attempts: moved to the dead-letter store.", batch.count, batch.attempts)
                 return
+            if batch.attempts == 0:
+                metrics.BATCH_BYTES.labels(self.id).observe(len(batch.data) + 2)
+                metrics.BATCH_EVENTS.labels(self.id).observe(batch.count)
             started = time.perf_counter()
             answer = await self.sender.post(batch)
+            seconds = time.perf_counter() - started
             self.count(f"requests_{answer.status or 'failed'}")
-            await self._handle(batch, answer, time.perf_counter() - started)
+            metrics.REQUESTS.labels(self.id, str(answer.status or "error")).inc()
+            metrics.REQUEST_SECONDS.labels(self.id).observe(seconds)
+            metrics.REQUEST_LOG.add(
+                self.id, self.sender.url, batch.payload_id, batch.count, len(batch.data) + 2, answer.status, seconds,
+                "" if answer.status is not None and 200 <= answer.status < 300 else answer.text,
+            )
+            await self._handle(batch, answer, seconds)
         except StoreError as exc:
             self.log.error("The store failed while recording a send of batch %s: %s; it will be sent again.", batch.payload_id, exc)
         finally:
@@ -228,8 +251,10 @@ class LaunchDarklyOutput(Output):
                 self.log.info("LaunchDarkly accepts this output's requests again (was %d); resuming.", self.auth_error)
                 self.auth_error = None
                 self.paused_until = 0.0
+                metrics.AUTH_ERROR.labels(self.id).set(0)
             await self.store.delivered(batch)
             self.count("records_delivered", batch.count)
+            metrics.RECORDS_DELIVERED.labels(self.id).inc(batch.count)
             return
         if status in (400, 413):
             if batch.count > 1:
@@ -242,6 +267,7 @@ class LaunchDarklyOutput(Output):
             else:
                 await self.store.bury(batch, "rejected", f"LaunchDarkly answered {status}: {answer.text}", status)
                 self.count("records_dead_lettered")
+                metrics.RECORDS_DEAD_LETTERED.labels(self.id, "rejected").inc()
                 self.log.warning("LaunchDarkly refused an event (%d: %s): moved to the dead-letter store.", status, answer.text[:200])
             return
         if status in AUTH_FIXES:
@@ -251,26 +277,33 @@ class LaunchDarklyOutput(Output):
                     status, AUTH_FIXES[status], min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval),
                 )
             self.auth_error = status
+            metrics.AUTH_ERROR.labels(self.id).set(status)
             self.paused_until = now + min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval)
             await self.store.failed(batch, status, answer.text, self.paused_until)
             return
         if status == 406:
             await self.store.bury(batch, "schema", f"LaunchDarkly answered 406 (event schema not accepted): {answer.text}", status)
+            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "schema").inc(batch.count)
             self.log.error("LaunchDarkly answered 406 to X-LaunchDarkly-Event-Schema 4: this is a bug in fluent-ld; the batch is in the dead-letter store.")
             return
         if status is not None and 400 <= status < 500 and status != 429:
             # Documented: never retry a 4xx but 429. Keep the events, with the answer.
             await self.store.bury(batch, "rejected", f"LaunchDarkly answered {status}: {answer.text}", status)
+            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "rejected").inc(batch.count)
             return
         # 429, 5xx, timeouts, connection errors: retry later, the same bytes with the same payload id.
         delay = self.policy.delay(batch.attempts + 1, random.random())
         retry_after = parse_retry_after(answer.retry_after, now)
         if retry_after is not None:
-            self.paused_until = max(self.paused_until, now + retry_after)  # a pause of the whole output
+            until = now + retry_after
+            if until > self.paused_until:  # a pause of the whole output
+                metrics.RETRY_AFTER_SECONDS.labels(self.id).inc(until - max(self.paused_until, now))
+                self.paused_until = until
             self.count("retry_after_pauses")
             delay = max(delay, retry_after)
         await self.store.failed(batch, status, answer.text or "", now + delay)
         self.count("retries")
+        metrics.RETRIES.labels(self.id).inc()
         self.log.warning(
             "Sending %d events failed (%s); attempt %d, next in %.1fs with the same payload id %s.",
             batch.count, status or answer.text, batch.attempts + 1, delay, batch.payload_id,
@@ -278,7 +311,7 @@ class LaunchDarklyOutput(Output):
 
     def _update_room(self) -> None:
         if self.store.pending_bytes <= self.low:
-            self.room.set()
+            self.room.open()
 
 
 def _json(record: Any) -> bytes:

@@ -13,8 +13,8 @@ class NullOutput(Output):
     summary = "Discards every record (counting them), for load tests and to silence a tag."
     section = Section("match", summary)
 
-    def __init__(self, conf, plugin_id) -> None:
-        super().__init__(conf, plugin_id)
+    def __init__(self, conf, plugin_id, worker: int = 0) -> None:
+        super().__init__(conf, plugin_id, worker)
         self.records = 0
 
     async def admit(self, tag: str, entries: Entries) -> None:

@@ -43,8 +43,8 @@ class StdoutOutput(Output):
         ),
     )
 
-    def __init__(self, conf, plugin_id, stream: TextIO | None = None) -> None:
-        super().__init__(conf, plugin_id)
+    def __init__(self, conf, plugin_id, worker: int = 0, stream: TextIO | None = None) -> None:
+        super().__init__(conf, plugin_id, worker)
         self.stream = stream
         self.records = 0
 

@@ -1,3 +1,3 @@
 """Built-in sources (importing this package registers them)."""
 
-from fluent_ld.sources import forward, sample, webhook  # noqa: F401
+from fluent_ld.sources import forward, monitor, sample, webhook  # noqa: F401

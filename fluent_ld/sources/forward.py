@@ -11,6 +11,7 @@ import ssl
 import time
 from typing import Any
 
+from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import (
     REQUIRED,
@@ -151,6 +152,17 @@ class ForwardSource(Source):
         self._udp: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task | None = None
         self.stopping = False  # new connections are refused from here on
+        worker = str(getattr(emitter, "worker", 0))
+        self.accepted = metrics.FORWARD_CONNECTIONS.labels(plugin_id, worker)
+        self.received = metrics.RECORDS_RECEIVED.labels(plugin_id)
+        self.invalid = metrics.RECORDS_REJECTED.labels(plugin_id, "invalid_event")
+
+    def closed_for(self, reason: str) -> None:
+        """Count a connection closed (or refused) for a reason: protocol, handshake, refused, idle."""
+        metrics.FORWARD_ERRORS.labels(self.id, reason).inc()
+
+    async def refresh_metrics(self) -> None:
+        metrics.FORWARD_OPEN.labels(self.id).set(len(self.connections))
 
     async def start(self) -> None:
         conf = self.conf
@@ -165,12 +177,15 @@ class ForwardSource(Source):
                 self._server = await loop.create_unix_server(lambda: ForwardConnection(self), conf.path, ssl=tls, backlog=1024)
                 where = f"unix:{conf.path}"
             else:
+                # Workers each bind the same port; the kernel spreads connections across them.
+                shared = getattr(self.emitter, "workers", 1) > 1
                 self._server = await loop.create_server(
-                    lambda: ForwardConnection(self), conf.bind, conf.port, ssl=tls, backlog=1024, reuse_address=True
+                    lambda: ForwardConnection(self), conf.bind, conf.port, ssl=tls, backlog=1024,
+                    reuse_address=True, reuse_port=shared or None,
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
                 self._udp, _ = await loop.create_datagram_endpoint(
-                    _Heartbeat, local_addr=(conf.bind, self.port)
+                    _Heartbeat, local_addr=(conf.bind, self.port), reuse_port=shared or None
                 )
                 where = f"{conf.bind}:{self.port}"
         except OSError as exc:
@@ -221,6 +236,7 @@ class ForwardSource(Source):
                     continue
                 if conn.last_activity < cutoff:
                     self.count("idle_closed")
+                    self.closed_for("idle")
                     self.log.info("Closing the connection from %s: idle for %ss.", conn.peer, idle)
                     conn.close()
 

@@ -72,6 +72,7 @@ class ForwardConnection(asyncio.Protocol):
             return
         if len(source.connections) >= source.conf.max_connections:
             source.count("connections_refused")
+            source.closed_for("refused")
             source.log.warning(
                 "Refusing a connection from %s: max_connections (%d) reached.",
                 self.peer,
@@ -81,6 +82,7 @@ class ForwardConnection(asyncio.Protocol):
             return
         source.connections.add(self)
         source.count("connections")
+        source.accepted.inc()
         if source.security is not None:
             self.handshake = Handshake(
                 source.security,
@@ -161,6 +163,7 @@ class ForwardConnection(asyncio.Protocol):
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.source.count("protocol_errors")
+        self.source.closed_for("protocol")
         self.source.log.warning("Closing the connection from %s: %s.", self.peer, exc)
         self.finish_then_close()
 
@@ -185,6 +188,7 @@ class ForwardConnection(asyncio.Protocol):
         self.handshake = None
         if not ok:
             self.source.count("handshake_failures")
+            self.source.closed_for("handshake")
             self.source.log.warning(
                 "Handshake refused for %s (client hostname %r): %s.", self.peer, ping.hostname, reason
             )
@@ -193,6 +197,7 @@ class ForwardConnection(asyncio.Protocol):
     def _handshake_timed_out(self) -> None:
         if self.handshake is not None and not self.closing:
             self.source.count("handshake_failures")
+            self.source.closed_for("handshake")
             self.source.log.warning("Closing the connection from %s: no PING within handshake_timeout.", self.peer)
             self.close()
 
@@ -205,6 +210,7 @@ class ForwardConnection(asyncio.Protocol):
         source.count("requests")
         if request.invalid:
             source.count("invalid_events", request.invalid)
+            source.invalid.inc(request.invalid)
         warn_limit = source.conf.chunk_size_warn_limit
         if warn_limit is not None and request.wire_size > warn_limit:
             source.log.warning(
@@ -261,6 +267,7 @@ class ForwardConnection(asyncio.Protocol):
                 if entries:
                     await source.emitter.emit(tag, entries)
                 source.count("records", len(entries))
+                source.received.inc(len(entries))
                 return
             except BufferFullError as full:
                 # Backpressure: keep the connection, stop reading it, wait for room, try again.

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import time
 
+from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Integer, JSONValue, Param, Section, String
 from fluent_ld.plugin import Source
@@ -106,7 +107,9 @@ class SampleSource(Source):
         while True:
             # Admission is awaited: a slow output slows the sample down instead of queueing.
             try:
-                await self.emitter.emit(self.conf.tag, self._next_records(time.time_ns()))
+                entries = self._next_records(time.time_ns())
+                await self.emitter.emit(self.conf.tag, entries)
+                metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
             except Exception:
                 self.log.exception("Sample records were refused by their output; retrying in 1s.")
                 await asyncio.sleep(1.0)

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Arg, Bool, Enum, Integer, JSONValue, Param, Section, Size, String, Time
 from fluent_ld.plugin import BufferFullError, Source, StartError
@@ -42,11 +43,14 @@ TRANSPORT = Section(
 )
 
 RETRY_AFTER_SECONDS = 5
+# Stat names -> the outcome label of fluentld_webhook_requests_total.
+_OUTCOMES = {"duplicates": "duplicate", "admit_failures": "admit_failure"}
 
 
 @register
 class LaunchDarklyWebhookSource(Source):
     type_name = "launchdarkly_webhook"
+    served_once = True  # one HTTP port; with workers, worker 0 serves it
     summary = "Receives LaunchDarkly webhooks (audit-log entries), verifies and filters them, and emits them as records."
     section = Section(
         "source",
@@ -100,6 +104,14 @@ class LaunchDarklyWebhookSource(Source):
         self._seq = itertools.count()
         self._flusher: asyncio.Task | None = None
         self._in_flight: set[str] = set()
+
+    def count(self, name: str, n: int = 1) -> None:
+        super().count(name, n)
+        if name == "requests":
+            return
+        metrics.WEBHOOK_REQUESTS.labels(self.id, _OUTCOMES.get(name, name)).inc(n)
+        if name == "forwarded":
+            metrics.RECORDS_RECEIVED.labels(self.id).inc(n)
 
     async def start(self) -> None:
         conf = self.conf
