@@ -24,6 +24,10 @@ EXIT_FAILED = 1  # a config refused, a plugin that could not start
 class JSONFormatter(logging.Formatter):
     """One JSON object per log line: time, level, logger, message (and the exception, if any)."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         import orjson
 
@@ -33,19 +37,23 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
+def _setup_logging(level: str, fmt: str = "text", worker: int | None = None) -> None:
+    """``worker``: set in a worker process; its lines say which worker wrote them."""
     logging.addLevelName(5, "TRACE")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JSONFormatter())
+        handler.setFormatter(JSONFormatter(worker))
     else:
+        who = "" if worker is None else f"[worker {worker}] "
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+            logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -103,19 +111,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         return EXIT_FAILED
     _setup_logging(args.log_level or config.system.log_level, config.system.log_format)
+    path = args.config or DEFAULT_CONFIG
+    if config.system.workers > 1:
+        from fluent_ld.supervisor import Supervisor
+
+        process = Supervisor(path, config, args.log_level)
+    else:
+        from fluent_ld.runner import Runner
+
+        process = Runner(path, config)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(process))
     except StartError as exc:
         log.error("fluent-ld could not start: %s", exc)
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _serve(config) -> None:
-    from fluent_ld.node import Node
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """One worker of a multi-worker node, started by the supervisor (not for people)."""
+    import socket
 
+    from fluent_ld.config.loader import load
+    from fluent_ld.runner import Runner
+
+    try:
+        config = load(args.config)
+    except ConfigErrors as exc:
+        _setup_logging("info", worker=args.number)
+        _print_errors(exc)
+        return EXIT_FAILED
+    _setup_logging(args.log_level or config.system.log_level, config.system.log_format, worker=args.number)
+    channel = socket.socket(fileno=args.channel)
+
+    def report(status: str) -> None:
+        try:
+            channel.sendall(status.encode() + b"\n")
+        except OSError:
+            pass  # the supervisor is gone; the lifeline below stops this worker
+
+    runner = Runner(args.config, config, args.number, report)
+    try:
+        asyncio.run(_serve(runner, lifeline=channel))
+    except StartError as exc:
+        log.error("Worker %d could not start: %s", args.number, exc)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _serve(process, lifeline=None) -> None:
+    """Run a :class:`~fluent_ld.runner.Runner` or :class:`~fluent_ld.supervisor.Supervisor` until
+    SIGINT or SIGTERM; SIGHUP reloads the config."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reloads: set[asyncio.Task] = set()
 
     def on_signal(signum: int) -> None:
         log.info("Received %s: stopping (send it again to stop at once).", signal.Signals(signum).name)
@@ -123,9 +172,23 @@ async def _serve(config) -> None:
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(s)  # a second signal takes the default action
 
+    def on_reload() -> None:
+        task = loop.create_task(process.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for s in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(s, on_signal, s)
-    await Node(config).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if lifeline is not None:
+        # The supervisor never writes here: readable means it is gone (end of file).
+        def on_lifeline() -> None:
+            loop.remove_reader(lifeline.fileno())
+            log.error("The supervisor is gone: stopping this worker.")
+            stop.set()
+
+        loop.add_reader(lifeline.fileno(), on_lifeline)
+    await process.run(stop)
 
 
 def _mapping_conf(args: argparse.Namespace):
@@ -383,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override <system> log_level",
     )
     run.set_defaults(func=_cmd_run)
+
+    worker = sub.add_parser("worker")  # started by the supervisor of <system> workers N; hidden from --help
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--number", type=int, required=True)
+    worker.add_argument("--channel", type=int, required=True)
+    worker.add_argument("--log-level", choices=("trace", "debug", "info", "warn", "error", "fatal"))
+    worker.set_defaults(func=_cmd_worker)
 
     check = sub.add_parser("check-config", help="check a config file and every file it includes")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="the config file")

@@ -35,10 +35,12 @@ class Node:
             self.outputs.append((pc, cls(pc.conf, pc.id, worker)))
         self.router: Router[Output] = Router([(pc.pattern, out) for pc, out in self.outputs])
         self.sources: list[tuple[PluginConf, Source]] = []
+        self.elsewhere: list[PluginConf] = []  # sources worker 0 serves for every worker
         for pc in config.sources:
             cls = plugin_class("source", pc.type_name)
             if cls.served_once and worker != 0:
-                continue  # worker 0 serves it
+                self.elsewhere.append(pc)
+                continue
             self.sources.append((pc, cls(pc.conf, pc.id, self)))
         self._started: list[Plugin] = []
         self._refresher: asyncio.Task | None = None
@@ -73,7 +75,10 @@ class Node:
             self._started.append(plugin)
         await self.refresh_metrics()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_metrics_forever(), name="metrics")
-        log.info("fluent-ld started: %s.", self.config.summary())
+        where = ""
+        if self.elsewhere:
+            where = f" (as worker {self.worker}; worker 0 serves {', '.join(pc.type_name for pc in self.elsewhere)})"
+        log.info("fluent-ld started: %s%s.", self.config.summary(), where)
 
     async def refresh_metrics(self) -> None:
         """Bring every plugin's read gauges up to date (and share this worker's request log)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import textwrap
+import threading
 import time
 
 from fluent_ld.config.loader import load_text
@@ -68,3 +70,28 @@ def order(n: int, **extra) -> dict:
         "timestamp": "2026-11-24T12:00:00Z",
         "properties": {"order_id": f"O-{n}", "revenue": n, **extra},
     }
+
+
+class ServerThread:
+    """The LaunchDarkly-compatible server on its own loop thread (for nodes run as processes)."""
+
+    def __init__(self, server: LaunchDarklyServer | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = server or LaunchDarklyServer(TOKEN)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,34 +14,9 @@ import pytest
 
 from fluent_ld.ldserver import LaunchDarklyServer
 from harness import RawClient, forward_request
-from ld_harness import ld_config
+from ld_harness import ServerThread, free_port, ld_config
 
 TOKEN = "api-test-token"
-
-
-class ServerThread:
-    """The LaunchDarkly-compatible server on its own loop thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = LaunchDarklyServer(TOKEN)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self.server
-
-    def __exit__(self, *exc):
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_config(tmp_path, url: str, port: int) -> str:

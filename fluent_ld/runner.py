@@ -1,0 +1,99 @@
+"""One process running a node, until stopped; SIGHUP (via :meth:`Runner.reload`) applies a new config.
+
+A reload checks the new config completely before touching anything; a refused config leaves the
+running node as it was. A valid one replaces the node: the old one stops the way it always stops
+(what was received is admitted and acked, stores are closed with every event in them), then the new
+one starts on the same stores. If the new one cannot start (a port taken, a folder not writable) the
+old config starts again, so a bad reload never leaves the process without a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from fluent_ld.config.errors import ConfigErrors
+from fluent_ld.config.loader import load
+from fluent_ld.config.schema import NodeConfig
+from fluent_ld.node import Node
+from fluent_ld.plugin import StartError
+
+__all__ = ["Runner"]
+
+log = logging.getLogger("fluent_ld.runner")
+
+
+class Runner:
+    def __init__(self, path: str, config: NodeConfig, worker: int = 0, report: Callable[[str], None] | None = None) -> None:
+        """``report``: told "ready", "reloaded" or "reload-failed" (a worker tells its supervisor)."""
+        self.path = path
+        self.worker = worker
+        self.node = Node(config, worker)
+        self.report = report or (lambda status: None)
+        self._lock = asyncio.Lock()  # a reload and the final stop never overlap
+        self._stop: asyncio.Event | None = None
+        self.failed: StartError | None = None  # neither the new nor the old config could start
+        self.reloads = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Raises :class:`StartError` if the node cannot start (or, after a reload, restart)."""
+        self._stop = stop
+        await self.node.start()
+        self.report("ready")
+        try:
+            await stop.wait()
+        finally:
+            async with self._lock:
+                log.info("fluent-ld stopping.")
+                await self.node.stop()
+                log.info("fluent-ld stopped.")
+        if self.failed is not None:
+            raise self.failed
+
+    async def reload(self) -> bool:
+        """Apply the config file as it is now. True if the new config runs."""
+        async with self._lock:
+            ok = await self._reload()
+        self.report("reloaded" if ok else "reload-failed")
+        return ok
+
+    async def _reload(self) -> bool:
+        log.info("Reloading the config from %s.", self.path)
+        try:
+            config = load(self.path)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                log.error("Reload refused: %s", error)
+            log.error("Reload refused (%d error(s)); the running config is kept.", len(exc.errors))
+            return False
+        if config.system.workers != self.node.workers:
+            log.error(
+                "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
+                self.node.workers, config.system.workers,
+            )
+            return False
+        try:
+            new = Node(config, self.worker)
+        except Exception as exc:  # a plugin refusing its checked config: a bug, but not fatal here
+            log.exception("Reload refused: the new config cannot be built (%s); the running config is kept.", exc)
+            return False
+        old = self.node
+        await old.stop()
+        try:
+            await new.start()
+        except StartError as exc:
+            log.error("The new config could not start (%s); starting the previous config again.", exc)
+            self.node = Node(old.config, self.worker)
+            try:
+                await self.node.start()
+            except StartError as again:
+                log.error("The previous config could not start again either (%s); stopping.", again)
+                self.failed = again
+                if self._stop is not None:
+                    self._stop.set()
+            return False
+        self.node = new
+        self.reloads += 1
+        log.info("Reloaded: %s.", new.config.summary())
+        return True

@@ -1,0 +1,230 @@
+"""``<system> workers N``: N worker processes, each a whole node with its own stores, sharing the
+forward port (SO_REUSEPORT: the kernel spreads connections across them). Python runs one core per
+process, so this is how a node uses its cores.
+
+The supervisor starts the workers and waits until each is ready (if one cannot start, the node does
+not start); restarts a worker that dies, after a backoff that doubles up to
+``RESTART_BACKOFF_MAX`` and resets once a worker has run ``RESTART_BACKOFF_RESET`` seconds; forwards
+SIGTERM and SIGHUP (a reload, worker by worker, after checking the config itself); and owns the
+folder where workers share their metrics. Each worker holds one end of a socket pair: it reports
+"ready"/"reloaded" on it, and sees the supervisor die as end-of-file, and then stops by itself
+rather than live on as an orphan holding the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from fluent_ld import metrics
+from fluent_ld.config.errors import ConfigErrors
+from fluent_ld.config.loader import load
+from fluent_ld.config.schema import NodeConfig
+from fluent_ld.plugin import StartError
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("fluent_ld.supervisor")
+
+RESTART_BACKOFF_FIRST = 1.0
+RESTART_BACKOFF_MAX = 30.0
+RESTART_BACKOFF_RESET = 60.0  # a worker that ran this long restarts at once again next time
+# A worker's own shutdown takes at most the forward source's shutdown_timeout plus the outputs'
+# in-flight requests; past this the supervisor kills it (what it acked is on disk already).
+STOP_TIMEOUT = 60.0
+READY_TIMEOUT = 60.0
+RELOAD_TIMEOUT = 120.0
+
+
+class _Worker:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.process: asyncio.subprocess.Process | None = None
+        self.status: asyncio.Queue[str] = asyncio.Queue()
+        self.channel: socket.socket | None = None
+        self.listener: asyncio.Task | None = None  # held: a collected task would close the channel
+        self.restarts = 0
+
+
+class Supervisor:
+    def __init__(self, path: str, config: NodeConfig, log_level: str | None = None) -> None:
+        self.path = path
+        self.config = config
+        self.log_level = log_level
+        self.workers = [_Worker(n) for n in range(config.system.workers)]
+        self.folder = tempfile.mkdtemp(prefix="fluent-ld-metrics-")
+        self.stopping = False
+        self._lock = asyncio.Lock()
+
+    # -- the whole node --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Raises :class:`StartError` if a worker cannot start."""
+        self._write_state()
+        try:
+            await self._start_all()
+            log.info("fluent-ld started %d workers (pids %s): %s.", len(self.workers), ", ".join(str(w.process.pid) for w in self.workers), self.config.summary())
+            keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
+            await stop.wait()
+            log.info("fluent-ld stopping %d workers.", len(self.workers))
+            self.stopping = True
+            for task in keepers:
+                task.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+            async with self._lock:  # a reload in progress stops at the next worker
+                await self._stop_all()
+            log.info("fluent-ld stopped.")
+        finally:
+            self.stopping = True
+            await self._stop_all()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    async def _start_all(self) -> None:
+        for worker in self.workers:
+            await self._spawn(worker)
+        for worker in self.workers:
+            status = await self._next_status(worker, READY_TIMEOUT)
+            if status != "ready":
+                raise StartError(f"worker {worker.number} did not start ({status}); see its log lines above")
+
+    async def _stop_all(self) -> None:
+        running = [w for w in self.workers if w.process is not None and w.process.returncode is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.error("Worker %d did not stop within %gs: killing it (what it acknowledged is stored).", worker.number, STOP_TIMEOUT)
+                worker.process.kill()
+                await worker.process.wait()
+        for worker in self.workers:
+            if worker.listener is not None:
+                worker.listener.cancel()
+                worker.listener = None
+            if worker.channel is not None:
+                worker.channel.close()
+                worker.channel = None
+
+    async def reload(self) -> bool:
+        """SIGHUP: check the config here first, then have each worker in turn apply it."""
+        async with self._lock:
+            if self.stopping:
+                return False
+            log.info("Reloading the config from %s.", self.path)
+            try:
+                config = load(self.path)
+            except ConfigErrors as exc:
+                for error in exc.errors:
+                    log.error("Reload refused: %s", error)
+                log.error("Reload refused (%d error(s)); the running config is kept.", len(exc.errors))
+                return False
+            if config.system.workers != len(self.workers):
+                log.error(
+                    "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
+                    len(self.workers), config.system.workers,
+                )
+                return False
+            ok = True
+            for worker in self.workers:  # one at a time: the others keep serving the port
+                if worker.process is None or worker.process.returncode is not None:
+                    continue  # restarting: it reads the new config as it starts
+                _drain(worker.status)
+                worker.process.send_signal(signal.SIGHUP)
+                status = await self._next_status(worker, RELOAD_TIMEOUT)
+                if status != "reloaded":
+                    log.error("Worker %d did not apply the new config (%s).", worker.number, status)
+                    ok = False
+            self.config = config
+            if ok:
+                log.info("Reloaded %d workers: %s.", len(self.workers), config.summary())
+            return ok
+
+    # -- one worker ------------------------------------------------------------------------------
+
+    async def _spawn(self, worker: _Worker) -> None:
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", "fluent_ld", "worker", "-c", self.path, "--number", str(worker.number), "--channel", str(theirs.fileno())]
+        if self.log_level:
+            command += ["--log-level", self.log_level]
+        env = {**os.environ, metrics.MULTIPROC_ENV: self.folder}
+        worker.process = await asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only; it stops the workers in order
+        )
+        theirs.close()
+        worker.channel = ours
+        worker.status = asyncio.Queue()
+        worker.listener = asyncio.get_running_loop().create_task(self._listen(worker, ours))
+
+    async def _listen(self, worker: _Worker, channel: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=channel)
+        try:
+            while line := await reader.readline():
+                worker.status.put_nowait(line.decode().strip())
+        except (OSError, ValueError):
+            pass
+        finally:
+            writer.close()
+            worker.status.put_nowait("exited")
+
+    async def _next_status(self, worker: _Worker, timeout: float) -> str:
+        try:
+            return await asyncio.wait_for(worker.status.get(), timeout)
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout:g}s"
+
+    async def _keep(self, worker: _Worker) -> None:
+        """Restart the worker whenever it dies, with a backoff."""
+        backoff = RESTART_BACKOFF_FIRST
+        started = time.monotonic()
+        while True:
+            process = worker.process
+            code = await process.wait()
+            mark_process_dead(process.pid, self.folder)  # its live gauges leave the sums
+            if self.stopping:
+                return
+            ran = time.monotonic() - started
+            if ran >= RESTART_BACKOFF_RESET:
+                backoff = RESTART_BACKOFF_FIRST
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            log.error("Worker %d (pid %d) died (%s) after %.1fs; restarting it in %gs.", worker.number, process.pid, how, ran, backoff)
+            await asyncio.sleep(backoff)  # cancelled when the node stops
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            worker.restarts += 1
+            self._write_state()
+            if worker.listener is not None:
+                worker.listener.cancel()
+            if worker.channel is not None:
+                worker.channel.close()
+            started = time.monotonic()
+            await self._spawn(worker)
+            status = await self._next_status(worker, READY_TIMEOUT)
+            if status == "ready":
+                log.info("Worker %d restarted (pid %d).", worker.number, worker.process.pid)
+            else:
+                log.error("Worker %d did not start again (%s); trying again.", worker.number, status)
+
+    def _write_state(self) -> None:
+        state = {"workers": len(self.workers), "restarts": {str(w.number): w.restarts for w in self.workers}}
+        path = os.path.join(self.folder, metrics.SUPERVISOR_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(path + ".tmp", path)
+
+
+def _drain(queue: asyncio.Queue) -> None:
+    while not queue.empty():
+        queue.get_nowait()
