@@ -294,6 +294,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _stores(args: argparse.Namespace):
     """The stores of the config's LaunchDarkly outputs (or the one with --id): (id, path)."""
+    import glob
     import os
 
     from fluent_ld.config.errors import ConfigError, Where
@@ -307,7 +308,12 @@ def _stores(args: argparse.Namespace):
         buffer = pc.conf.buffer
         if buffer["@type"] != "file":
             continue
-        found.append((pc.id, os.path.join(buffer.path, f"{pc.id}-worker0.sqlite3")))
+        # One store per worker that ever ran (a node run with more workers before keeps theirs).
+        paths = sorted(glob.glob(os.path.join(glob.escape(buffer.path), f"{glob.escape(pc.id)}-worker*.sqlite3")))
+        for path in paths or [os.path.join(buffer.path, f"{pc.id}-worker0.sqlite3")]:
+            worker = path.rsplit("-worker", 1)[1].split(".", 1)[0]
+            if args.worker is None or worker == str(args.worker):
+                found.append((pc.id, path))
     if not found:
         which = f" with @id {args.id}" if args.id else ""
         raise ConfigErrors([ConfigError(Where(args.config, 0), f"no LaunchDarkly output{which} with a file buffer")])
@@ -353,7 +359,16 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return EXIT_FAILED
     ids = [int(i) for i in args.ids] if args.ids else None
+    if ids is not None and len(stores) > 1:
+        print(
+            f"dead-letter ids are per store and there are {len(stores)} (one per output and worker): "
+            "choose one with --id and --worker",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     for plugin_id, path in stores:
+        if len(stores) > 1 and args.action == "list":
+            print(f"# {plugin_id}: {path}")
         if args.action in ("list", "show"):
             letters = asyncio.run(_with_store(path, lambda s: s.dead_letters(args.limit, ids)))
             for letter in letters:
@@ -481,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     buffer.add_argument("action", choices=["status"])
     buffer.add_argument("-c", "--config", required=True, metavar="FILE")
     buffer.add_argument("--id", metavar="ID", help="only the output with this @id")
+    buffer.add_argument("--worker", type=int, metavar="N", help="only worker N's store (<system> workers)")
     buffer.set_defaults(func=_cmd_buffer)
 
     dlq = sub.add_parser("dlq", help="dead letters: list, show, replay (through the current mapping) or purge")
@@ -488,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
     dlq.add_argument("-c", "--config", required=True, metavar="FILE")
     dlq.add_argument("--id", metavar="ID", help="only the output with this @id")
+    dlq.add_argument("--worker", type=int, metavar="N", help="only worker N's store (<system> workers)")
     dlq.add_argument("--limit", type=int, default=1000, help="list/show at most this many")
     dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
     dlq.set_defaults(func=_cmd_dlq)

@@ -217,3 +217,31 @@ def test_backpressure_slows_the_client_without_disconnecting_it(tmp_path):
             while len(ld.events) < (acked + 1) * 100 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert len(ld.events) == (acked + 1) * 100
+
+
+def test_buffer_and_dlq_cover_every_workers_store(console_script, tmp_path):
+    from fluent_ld.store import DeadLetter, Store
+
+    async def fill():
+        for worker, events in ((0, 1), (1, 2)):
+            store = Store(str(tmp_path / "store" / f"launchdarkly.0-worker{worker}.sqlite3"))
+            await store.open()
+            await store.append(b",".join([b"{}"] * events), [2] * events, 2 * events, 0)
+            await store.add_dead_letters([DeadLetter("invalid", f"from worker {worker}", None, "signal.x", None, b"{}")])
+            await store.close()
+
+    asyncio.run(fill())
+    conf = node_config(tmp_path, "http://127.0.0.1:9", free_port())
+
+    def cli(*args):
+        return subprocess.run([console_script, *args, "-c", conf], capture_output=True, text=True, timeout=60)
+
+    statuses = [json.loads(line) for line in cli("buffer", "status").stdout.splitlines()]
+    assert [(s["store"].rsplit("-", 1)[1], s["events"]) for s in statuses] == [("worker0.sqlite3", 1), ("worker1.sqlite3", 2)]
+    listing = cli("dlq", "list").stdout
+    assert "from worker 0" in listing and "from worker 1" in listing and listing.count("# launchdarkly.0:") == 2
+    ambiguous = cli("dlq", "show", "1")
+    assert ambiguous.returncode == 1 and "--worker" in ambiguous.stderr
+    shown = json.loads(cli("dlq", "show", "1", "--worker", "1").stdout)
+    assert shown["reason"] == "from worker 1"
+    assert [json.loads(line)["events"] for line in cli("buffer", "status", "--worker", "1").stdout.splitlines()] == [2]
