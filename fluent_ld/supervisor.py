@@ -44,6 +44,7 @@ RESTART_BACKOFF_RESET = 60.0  # a worker that ran this long restarts at once aga
 STOP_TIMEOUT = 60.0
 READY_TIMEOUT = 60.0
 RELOAD_TIMEOUT = 120.0
+FOLDER_PREFIX = "fluent-ld-metrics-"
 
 
 class _Worker:
@@ -62,7 +63,8 @@ class Supervisor:
         self.config = config
         self.log_level = log_level
         self.workers = [_Worker(n) for n in range(config.system.workers)]
-        self.folder = tempfile.mkdtemp(prefix="fluent-ld-metrics-")
+        _remove_orphaned_folders()
+        self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.stopping = False
         self._lock = asyncio.Lock()
 
@@ -228,3 +230,20 @@ class Supervisor:
 def _drain(queue: asyncio.Queue) -> None:
     while not queue.empty():
         queue.get_nowait()
+
+
+def _remove_orphaned_folders() -> None:
+    """Metrics folders left by a supervisor that was killed (its pid is in the name)."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(FOLDER_PREFIX):
+            continue
+        try:
+            pid = int(name[len(FOLDER_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:
+            continue  # another user's live supervisor
