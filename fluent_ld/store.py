@@ -3,11 +3,13 @@
 Three tables:
 
 - ``pending``: one row per admitted request (not per record: a 2,500-event chunk is one insert):
-  its events' JSON fragments joined by ``,``, their lengths, count and bytes.
-- ``batches``: frozen batches. A batch is cut from pending rows (splitting a row at a fragment
-  boundary when it must), gets its payload id, and is written before its first attempt; its bytes
-  never change afterwards, and a retry sends exactly them with the same payload id. The rows it was
-  cut from are deleted in the same transaction, so every event is in exactly one place.
+  its events' JSON fragments joined by ``,``, their lengths, count and bytes. A row's data is never
+  rewritten; ``taken`` counts its events (from the start) already frozen into batches and ``refs``
+  the batches that refer to it. It is deleted once every event is taken and no batch refers to it.
+- ``batches``: frozen batches. A batch refers to the events it holds as segments (row id, first
+  event, end) of pending rows, so cutting a batch writes a few dozen bytes, not the events again. It
+  gets its payload id before its first attempt; the rows it refers to never change, so its bytes
+  never change either, and a retry sends exactly them with the same payload id.
 - ``dead_letters``: events that will not be sent, with kind, reason, status and time.
 
 Durability: WAL journal with ``synchronous=FULL``: a commit returns after its fsync. All writes go
@@ -26,6 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +45,7 @@ GROUP_MAX_OPS = 512
 # Batches cut per call (each call is one writer operation): bounds its time and memory.
 MAX_BATCHES_PER_CUT = 4
 
+SCHEMA_VERSION = 2  # 1: batches held a copy of their events (``data``)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
     id INTEGER PRIMARY KEY,
@@ -51,13 +55,17 @@ CREATE TABLE IF NOT EXISTS pending (
     count INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     oldest_ms INTEGER NOT NULL,
-    admitted_at REAL NOT NULL
+    admitted_at REAL NOT NULL,
+    taken INTEGER NOT NULL DEFAULT 0,
+    taken_bytes INTEGER NOT NULL DEFAULT 0,
+    refs INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS pending_open ON pending (id) WHERE taken < count;
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     payload_id TEXT NOT NULL UNIQUE,
     tag TEXT,
-    data BLOB NOT NULL,
+    segments BLOB NOT NULL,
     lengths BLOB NOT NULL,
     count INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
@@ -82,6 +90,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS batches_due ON batches (next_attempt_at);
 """
+BATCHES_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS batches") : SCHEMA.index("CREATE TABLE IF NOT EXISTS dead_letters")]
 
 
 class StoreError(Exception):
@@ -100,6 +109,7 @@ class Batch:
     oldest_ms: int
     created_at: float
     attempts: int
+    segments: bytes = b""  # (row id, first event, end) triples of the pending rows it refers to
 
     @property
     def body(self) -> bytes:
@@ -165,7 +175,9 @@ class Store:
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: cannot use the WAL journal (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
+        _migrate(conn)
         conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return conn
 
     def _writer(self, ready: asyncio.Future) -> None:
@@ -273,23 +285,26 @@ class Store:
         full batch is waiting. Returns how many batches were cut."""
 
         def op(conn: sqlite3.Connection, store: Store) -> int:
-            first = conn.execute("SELECT MIN(admitted_at), SUM(bytes) + SUM(count), SUM(count) FROM pending").fetchone()
+            first = conn.execute(
+                "SELECT MIN(admitted_at), SUM(bytes - taken_bytes) + SUM(count - taken), SUM(count - taken) FROM pending WHERE taken < count"
+            ).fetchone()
             if first[0] is None:
                 return 0
             if now - first[0] < linger and first[1] + 1 < max_body and first[2] < max_records:
                 return 0
-            return _cut(conn, store, max_body, max_records, now, retry_at, cut_partial=True)
+            return _cut(conn, store, max_body, max_records, now, retry_at)
 
         return await self._call(op)
 
     async def due_batches(self, now: float, limit: int, exclude: Sequence[int] = ()) -> list[Batch]:
         def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
             rows = conn.execute(
-                "SELECT id, payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, attempts FROM batches "
+                "SELECT id, payload_id, tag, segments, lengths, count, bytes, oldest_ms, created_at, attempts FROM batches "
                 "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
                 (now, limit + len(exclude)),
             ).fetchall()
-            return [Batch(*r) for r in rows if r[0] not in exclude][:limit]
+            rows = [r for r in rows if r[0] not in exclude][:limit]
+            return [_load_batch(conn, store.separator, *r) for r in rows]
 
         return await self._call(op)
 
@@ -297,7 +312,7 @@ class Store:
         return await self._call(lambda conn, store: conn.execute("SELECT MIN(next_attempt_at) FROM batches").fetchone()[0])
 
     async def delivered(self, batch: Batch) -> None:
-        await self._call(lambda conn, store: conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,)))
+        await self._call(lambda conn, store: _drop_batch(conn, batch))
         self.pending_events -= batch.count
         self.pending_bytes -= batch.bytes
 
@@ -324,11 +339,13 @@ class Store:
         sep = len(self.separator)
         end = sum(lengths[:half]) + (half - 1) * sep  # the first half's fragments and separators
 
+        first, second = _split_segments(_unpack_segments(batch.segments), half)
+
         def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
-            conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
             out = []
-            for data, part in ((batch.data[:end], lengths[:half]), (batch.data[end + sep :], lengths[half:])):
-                out.append(_insert_batch(conn, batch.tag, data, part, sum(part), batch.oldest_ms, batch.created_at, now))
+            for data, part, segments in ((batch.data[:end], lengths[:half], first), (batch.data[end + sep :], lengths[half:], second)):
+                out.append(_insert_batch(conn, batch.tag, data, part, sum(part), batch.oldest_ms, batch.created_at, now, segments))
+            _drop_batch(conn, batch)  # after the halves took their references: the rows stay
             return out
 
         return await self._call(op)
@@ -339,7 +356,7 @@ class Store:
         now = time.time()
 
         def op(conn: sqlite3.Connection, store: Store) -> None:
-            conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            _drop_batch(conn, batch)
             _insert_dead(
                 conn,
                 [DeadLetter(kind, reason, status, event=f, payload_id=batch.payload_id) for f in fragments],
@@ -356,7 +373,7 @@ class Store:
         in a batch, counted from the cut, so at most flush_interval short."""
 
         def op(conn: sqlite3.Connection, store: Store) -> float:
-            row = conn.execute("SELECT admitted_at FROM pending ORDER BY id LIMIT 1").fetchone()
+            row = conn.execute("SELECT admitted_at FROM pending WHERE taken < count ORDER BY id LIMIT 1").fetchone()
             batch = conn.execute("SELECT MIN(created_at) FROM batches").fetchone()
             oldest = min([t for t in (row and row[0], batch[0]) if t], default=None)
             return max(now - oldest, 0.0) if oldest else 0.0
@@ -372,7 +389,9 @@ class Store:
 
     async def status(self) -> dict[str, Any]:
         def op(conn: sqlite3.Connection, store: Store) -> dict[str, Any]:
-            p = conn.execute("SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms) FROM pending").fetchone()
+            p = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(count - taken), 0), COALESCE(SUM(bytes - taken_bytes), 0), MIN(oldest_ms) FROM pending WHERE taken < count"
+            ).fetchone()
             b = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms), MAX(attempts) FROM batches"
             ).fetchone()
@@ -471,7 +490,7 @@ def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
 
 
 def _totals(conn: sqlite3.Connection, store: Store) -> tuple[int, int, int]:
-    p = conn.execute("SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM pending").fetchone()
+    p = conn.execute("SELECT COALESCE(SUM(count - taken), 0), COALESCE(SUM(bytes - taken_bytes), 0) FROM pending").fetchone()
     b = conn.execute("SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM batches").fetchone()
     d = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
     return p[0] + b[0], p[1] + b[1], d[0]
@@ -485,14 +504,104 @@ def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter], now: floa
         )
 
 
-def _insert_batch(conn: sqlite3.Connection, tag: str | None, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int, created_at: float, retry_at: float) -> Batch:
+def _insert_batch(
+    conn: sqlite3.Connection, tag: str | None, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int,
+    created_at: float, retry_at: float, segments: Sequence[tuple[int, int, int]],
+) -> Batch:
+    """A new frozen batch referring to ``segments``; each row it refers to counts the reference."""
     payload_id = str(uuid.uuid4())
     packed = pack_lengths(lengths)
+    packed_segments = _pack_segments(segments)
     cursor = conn.execute(
-        "INSERT INTO batches (payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, retry_at),
+        "INSERT INTO batches (payload_id, tag, segments, lengths, count, bytes, oldest_ms, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (payload_id, tag, packed_segments, packed, len(lengths), nbytes, oldest_ms, created_at, retry_at),
     )
-    return Batch(cursor.lastrowid, payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0)
+    conn.executemany("UPDATE pending SET refs = refs + 1 WHERE id = ?", [(row,) for row, _, _ in segments])
+    return Batch(cursor.lastrowid, payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0, packed_segments)
+
+
+def _drop_batch(conn: sqlite3.Connection, batch: Batch) -> None:
+    """Delete a batch (delivered, buried or split) and the rows nothing refers to any more."""
+    conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+    rows = [(row,) for row, _, _ in _unpack_segments(batch.segments)]
+    conn.executemany("UPDATE pending SET refs = refs - 1 WHERE id = ?", rows)
+    conn.executemany("DELETE FROM pending WHERE id = ? AND refs = 0 AND taken = count", rows)
+
+
+def _load_batch(conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id: str, tag: str | None, segments: bytes, *rest: Any) -> Batch:
+    """A batch with its bytes, joined from the pending rows it refers to (always the same bytes:
+    those rows are never rewritten while a batch refers to them)."""
+    triples = _unpack_segments(segments)
+    ids = sorted({row for row, _, _ in triples})
+    marks = ",".join("?" * len(ids))
+    stored = {r[0]: (r[1], r[2]) for r in conn.execute(f"SELECT id, data, lengths FROM pending WHERE id IN ({marks})", ids)}
+    seplen = len(sep)
+    parts = []
+    for row, first, end in triples:
+        data, packed = stored[row]
+        lengths = unpack_lengths(packed)
+        start = sum(lengths[:first]) + first * seplen
+        stop = start + sum(lengths[first:end]) + (end - first - 1) * seplen
+        parts.append(data[start:stop] if (start, stop) != (0, len(data)) else data)
+    return Batch(batch_id, payload_id, tag, sep.join(parts), *rest, segments)
+
+
+def _pack_segments(segments: Sequence[tuple[int, int, int]]) -> bytes:
+    return array("q", [n for segment in segments for n in segment]).tobytes()
+
+
+def _unpack_segments(blob: bytes) -> list[tuple[int, int, int]]:
+    flat = array("q")
+    flat.frombytes(blob)
+    return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+
+def _split_segments(segments: list[tuple[int, int, int]], half: int) -> tuple[list, list]:
+    """The segments of a batch's first ``half`` events, and of the rest."""
+    first, second, seen = [], [], 0
+    for row, start, end in segments:
+        n = end - start
+        if seen + n <= half:
+            first.append((row, start, end))
+        elif seen >= half:
+            second.append((row, start, end))
+        else:
+            cut = start + (half - seen)
+            first.append((row, start, cut))
+            second.append((row, cut, end))
+        seen += n
+    return first, second
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version to this layout, keeping every event and every
+    batch's payload id (a batch that held a copy of its events becomes a row it refers to)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
+    if version >= SCHEMA_VERSION or "data" not in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    for column in ("taken", "taken_bytes", "refs"):
+        conn.execute(f"ALTER TABLE pending ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE batches RENAME TO batches_v1")
+    conn.execute("DROP INDEX IF EXISTS batches_due")
+    conn.execute(BATCHES_TABLE)
+    old = conn.execute(
+        "SELECT id, payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, attempts, next_attempt_at, last_status, last_error FROM batches_v1"
+    ).fetchall()
+    for bid, payload_id, tag, data, lengths, count, nbytes, oldest_ms, created_at, attempts, next_at, status, error in old:
+        row = conn.execute(
+            "INSERT INTO pending (tag, data, lengths, count, bytes, oldest_ms, admitted_at, taken, taken_bytes, refs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (tag, data, lengths, count, nbytes, oldest_ms, created_at, count, nbytes),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO batches (id, payload_id, tag, segments, lengths, count, bytes, oldest_ms, created_at, attempts, next_attempt_at, last_status, last_error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (bid, payload_id, tag, _pack_segments([(row, 0, count)]), lengths, count, nbytes, oldest_ms, created_at, attempts, next_at, status, error),
+        )
+    conn.execute("DROP TABLE batches_v1")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
 
 
 def _fragments(batch: Batch, sep: int) -> list[bytes]:
@@ -503,38 +612,42 @@ def _fragments(batch: Batch, sep: int) -> list[bytes]:
     return out
 
 
-def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: int, now: float, retry_at: float, cut_partial: bool) -> int:
-    """Move pending rows, in order, into batches that fit the limits exactly.
+def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: int, now: float, retry_at: float) -> int:
+    """Freeze pending events, in order, into batches that fit the limits exactly.
 
-    Rows are read a few at a time and at most ``MAX_BATCHES_PER_CUT`` batches are cut per call, so
-    memory stays at about one batch whatever the backlog (a million undelivered events do not come
-    into memory at once) and the writer thread is not held long: appends waiting for their commit
-    go between two calls. A row the last batch ends inside keeps its remainder."""
-    sep, framing = store.separator, store.framing
-    seplen = len(sep)
+    Only the rows' lengths are read: a batch refers to the events it holds (row, first, end), so
+    cutting writes no event again. At most ``MAX_BATCHES_PER_CUT`` batches are cut per call, so the
+    writer thread is not held long (appends waiting for their commit go between two calls). A row
+    a batch ends inside is taken up to there and the next batch starts from that event."""
+    seplen, framing = len(store.separator), store.framing
     batches = 0
     tag: str | None = None  # the tag of the batch being filled: a batch holds one tag
-    parts: list[bytes] = []
-    lengths: list[int] = []
+    segments: list[tuple[int, int, int]] = []
+    segment_bytes: list[int] = []
+    lengths = array("I")
     nbytes = 0
     oldest = None
 
     def flush() -> None:
-        nonlocal parts, lengths, nbytes, oldest, batches
+        nonlocal segments, segment_bytes, lengths, nbytes, oldest, batches
         if lengths:
-            _insert_batch(conn, tag, sep.join(parts), lengths, nbytes, oldest, now, retry_at)
+            _insert_batch(conn, tag, b"", lengths, nbytes, oldest, now, retry_at, segments)
+            conn.executemany(
+                "UPDATE pending SET taken = ?, taken_bytes = taken_bytes + ? WHERE id = ?",
+                [(end, n, row) for (row, _, end), n in zip(segments, segment_bytes)],
+            )
             batches += 1
-        parts, lengths, nbytes, oldest = [], [], 0, None
+        segments, segment_bytes, lengths, nbytes, oldest = [], [], array("I"), 0, None
 
     last_id = -1
     while True:
         rows = conn.execute(
-            "SELECT id, tag, data, lengths, count, bytes, oldest_ms FROM pending WHERE id > ? ORDER BY id LIMIT 64",
+            "SELECT id, tag, lengths, count, taken, oldest_ms FROM pending WHERE taken < count AND id > ? ORDER BY id LIMIT 64",
             (last_id,),
         ).fetchall()
         if not rows:
             break
-        for row_id, row_tag, data, packed, count, row_bytes, oldest_ms in rows:
+        for row_id, row_tag, packed, count, start, oldest_ms in rows:
             last_id = row_id
             if lengths and row_tag != tag:
                 flush()
@@ -542,9 +655,7 @@ def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: i
                     return batches
             tag = row_tag
             row_lengths = unpack_lengths(packed)
-            start = 0  # index of the first fragment of this row not yet batched
-            offset = 0  # its byte offset in data
-            while start < count:
+            while start < count:  # start: the first event of this row not yet in a batch
                 room_bytes = max_body - framing - (nbytes + len(lengths) * seplen)  # framing + fragments + separators
                 room_records = max_records - len(lengths)
                 # How many of this row's remaining fragments fit.
@@ -559,27 +670,19 @@ def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: i
                     if not lengths:  # a single fragment over the cap: refused at admit, never here
                         raise ValueError("a stored event is larger than the batch limit")
                     flush()
+                    if batches >= MAX_BATCHES_PER_CUT:
+                        return batches
                     continue
                 taken = sum(row_lengths[start : start + take])
-                end_offset = offset + taken + (take - 1) * seplen
-                parts.append(data[offset:end_offset])
+                segments.append((row_id, start, start + take))
+                segment_bytes.append(taken)
                 lengths.extend(row_lengths[start : start + take])
                 nbytes += taken
                 oldest = oldest_ms if oldest is None else min(oldest, oldest_ms)
                 start += take
-                offset = end_offset + seplen
                 if start < count:  # the batch is full in the middle of this row
                     flush()
                     if batches >= MAX_BATCHES_PER_CUT:
-                        rest = row_lengths[start:]
-                        conn.execute(
-                            "UPDATE pending SET data = ?, lengths = ?, count = ?, bytes = ? WHERE id = ?",
-                            (data[offset:], pack_lengths(rest), len(rest), sum(rest), row_id),
-                        )
                         return batches
-            conn.execute("DELETE FROM pending WHERE id = ?", (row_id,))
-            if batches >= MAX_BATCHES_PER_CUT and not lengths:
-                return batches
-    if cut_partial:
-        flush()
+    flush()
     return batches

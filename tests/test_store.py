@@ -94,3 +94,99 @@ def test_msgpack_fragments_without_separator_and_one_tag_per_batch(tmp_path):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def rows(path: str, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def test_batches_refer_to_rows_that_go_once_every_batch_is_done(tmp_path):
+    """Cutting writes no event twice; a row split across batches stays until both are done, its
+    bytes unchanged across a restart and a split; an empty store has no rows left."""
+
+    async def scenario():
+        path = str(tmp_path / "s.sqlite3")
+        store = Store(path)
+        await store.open()
+        frags = fragments(0, 100)
+        for i in range(0, 100, 25):
+            await append(store, frags[i : i + 25])  # rows of 25 events
+        while await store.cut_batches(400, 30, 0, time.time(), 0):  # batches end inside rows
+            pass
+        batches = await store.due_batches(time.time(), 1000)
+        assert b",".join(b.data for b in batches) == b",".join(frags)
+        from fluent_ld.store import _unpack_segments
+
+        assert any(start > 0 for b in batches for _, start, _ in _unpack_segments(b.segments))  # rows shared
+        assert store.pending_events == 100 and rows(path, "pending") == 4
+        before = {b.payload_id: b.body for b in batches}
+        await store.close()
+
+        store = Store(path)
+        await store.open()
+        again = await store.due_batches(time.time(), 1000)
+        assert {b.payload_id: b.body for b in again} == before  # the same bytes, the same ids
+        assert store.pending_events == 100
+        halves = await store.split(again[1], 0)
+        assert b",".join(h.data for h in halves) == again[1].data
+        reread = {b.payload_id: b.data for b in await store.due_batches(time.time(), 1000)}
+        assert [reread[h.payload_id] for h in halves] == [h.data for h in halves]
+        for batch in await store.due_batches(time.time(), 1000):
+            await store.delivered(batch)
+        assert store.pending_events == 0 and store.pending_bytes == 0
+        assert rows(path, "pending") == 0 and rows(path, "batches") == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+V1_SCHEMA = """
+CREATE TABLE pending (id INTEGER PRIMARY KEY, tag TEXT, data BLOB NOT NULL, lengths BLOB NOT NULL,
+    count INTEGER NOT NULL, bytes INTEGER NOT NULL, oldest_ms INTEGER NOT NULL, admitted_at REAL NOT NULL);
+CREATE TABLE batches (id INTEGER PRIMARY KEY, payload_id TEXT NOT NULL UNIQUE, tag TEXT, data BLOB NOT NULL,
+    lengths BLOB NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, oldest_ms INTEGER NOT NULL,
+    created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+    last_status INTEGER, last_error TEXT);
+CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, created_at REAL NOT NULL, kind TEXT NOT NULL,
+    reason TEXT NOT NULL, status INTEGER, tag TEXT, time_ns INTEGER, record BLOB, event BLOB, payload_id TEXT);
+CREATE INDEX batches_due ON batches (next_attempt_at);
+"""
+
+
+def test_a_store_from_the_previous_layout_keeps_its_events_and_payload_ids(tmp_path):
+    import sqlite3
+
+    from fluent_ld.encode import pack_lengths
+
+    path = str(tmp_path / "old.sqlite3")
+    frozen, waiting = fragments(0, 3), fragments(3, 2)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.execute(
+            "INSERT INTO batches (payload_id, data, lengths, count, bytes, oldest_ms, created_at, attempts, next_attempt_at, last_status) "
+            "VALUES ('the-old-id', ?, ?, 3, ?, 1, 1.0, 2, 0, 503)",
+            (b",".join(frozen), pack_lengths([len(f) for f in frozen]), sum(map(len, frozen))),
+        )
+        conn.execute(
+            "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, 2, ?, 1, 1.0)",
+            (b",".join(waiting), pack_lengths([len(f) for f in waiting]), sum(map(len, waiting))),
+        )
+
+    async def scenario():
+        store = Store(path)
+        await store.open()
+        assert store.pending_events == 5
+        (old,) = await store.due_batches(time.time(), 10)
+        assert (old.payload_id, old.data, old.attempts) == ("the-old-id", b",".join(frozen), 2)
+        await store.cut_batches(10_000, 100, 0, time.time(), 0)
+        batches = await store.due_batches(time.time(), 10)
+        assert [b.data for b in batches] == [b",".join(frozen), b",".join(waiting)]
+        for batch in batches:
+            await store.delivered(batch)
+        assert store.pending_events == 0 and rows(path, "pending") == 0
+        await store.close()
+
+    asyncio.run(scenario())
