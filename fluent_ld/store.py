@@ -3,9 +3,11 @@
 Three tables:
 
 - ``pending``: one row per admitted request (not per record: a 2,500-event chunk is one insert):
-  its events' JSON fragments joined by ``,``, their lengths, count and bytes. A row's data is never
-  rewritten; ``taken`` counts its events (from the start) already frozen into batches and ``refs``
-  the batches that refer to it. It is deleted once every event is taken and no batch refers to it.
+  its events' lengths, count and bytes; ``taken`` counts its events (from the start) already frozen
+  into batches and ``refs`` the batches that refer to it. It is deleted once every event is taken
+  and no batch refers to it. Its events' JSON fragments, joined by ``,``, are in ``pending_data``
+  under the same id, written once and never rewritten (updating the counters of a row that held
+  them would make SQLite rewrite them).
 - ``batches``: frozen batches. A batch refers to the events it holds as segments (row id, first
   event, end) of pending rows, so cutting a batch writes a few dozen bytes, not the events again. It
   gets its payload id before its first attempt; the rows it refers to never change, so its bytes
@@ -50,7 +52,6 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
     id INTEGER PRIMARY KEY,
     tag TEXT,
-    data BLOB NOT NULL,
     lengths BLOB NOT NULL,
     count INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS pending (
     refs INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pending_open ON pending (id) WHERE taken < count;
+CREATE TABLE IF NOT EXISTS pending_data (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     payload_id TEXT NOT NULL UNIQUE,
@@ -90,7 +95,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS batches_due ON batches (next_attempt_at);
 """
-BATCHES_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS batches") : SCHEMA.index("CREATE TABLE IF NOT EXISTS dead_letters")]
+def _table(name: str) -> str:
+    start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {name} (")
+    return SCHEMA[start : SCHEMA.index(";", start)]
 
 
 class StoreError(Exception):
@@ -264,10 +271,7 @@ class Store:
 
         def op(conn: sqlite3.Connection, store: Store) -> None:
             if count:
-                conn.execute(
-                    "INSERT INTO pending (tag, data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (tag, data, packed, count, nbytes, oldest_ms, now),
-                )
+                _insert_pending(conn, tag, data, packed, count, nbytes, oldest_ms, now)
             _insert_dead(conn, dead, now)
 
         await self._call(op)
@@ -451,9 +455,9 @@ class Store:
                 done.append(letter["id"])
             if fragments:
                 lengths = [len(f) for f in fragments]
-                conn.execute(
-                    "INSERT INTO pending (data, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.separator.join(fragments), pack_lengths(lengths), len(lengths), sum(lengths), (oldest or time.time_ns()) // 1_000_000, now),
+                _insert_pending(
+                    conn, None, self.separator.join(fragments), pack_lengths(lengths), len(lengths), sum(lengths),
+                    (oldest or time.time_ns()) // 1_000_000, now,
                 )
                 conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in done])
             return len(done), kept, sum(len(f) for f in fragments)
@@ -504,6 +508,15 @@ def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter], now: floa
         )
 
 
+def _insert_pending(conn: sqlite3.Connection, tag: str | None, data: bytes, packed: bytes, count: int, nbytes: int, oldest_ms: int, now: float) -> int:
+    row = conn.execute(
+        "INSERT INTO pending (tag, lengths, count, bytes, oldest_ms, admitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (tag, packed, count, nbytes, oldest_ms, now),
+    ).lastrowid
+    conn.execute("INSERT INTO pending_data (id, data) VALUES (?, ?)", (row, data))
+    return row
+
+
 def _insert_batch(
     conn: sqlite3.Connection, tag: str | None, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int,
     created_at: float, retry_at: float, segments: Sequence[tuple[int, int, int]],
@@ -525,7 +538,10 @@ def _drop_batch(conn: sqlite3.Connection, batch: Batch) -> None:
     conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
     rows = [(row,) for row, _, _ in _unpack_segments(batch.segments)]
     conn.executemany("UPDATE pending SET refs = refs - 1 WHERE id = ?", rows)
-    conn.executemany("DELETE FROM pending WHERE id = ? AND refs = 0 AND taken = count", rows)
+    marks = ",".join("?" * len(rows))
+    done = [(r[0],) for r in conn.execute(f"SELECT id FROM pending WHERE id IN ({marks}) AND refs = 0 AND taken = count", [r for (r,) in rows])]
+    conn.executemany("DELETE FROM pending WHERE id = ?", done)
+    conn.executemany("DELETE FROM pending_data WHERE id = ?", done)
 
 
 def _load_batch(conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id: str, tag: str | None, segments: bytes, *rest: Any) -> Batch:
@@ -534,7 +550,10 @@ def _load_batch(conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id:
     triples = _unpack_segments(segments)
     ids = sorted({row for row, _, _ in triples})
     marks = ",".join("?" * len(ids))
-    stored = {r[0]: (r[1], r[2]) for r in conn.execute(f"SELECT id, data, lengths FROM pending WHERE id IN ({marks})", ids)}
+    stored = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute(f"SELECT p.id, d.data, p.lengths FROM pending p JOIN pending_data d ON d.id = p.id WHERE p.id IN ({marks})", ids)
+    }
     seplen = len(sep)
     parts = []
     for row, first, end in triples:
@@ -581,19 +600,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version >= SCHEMA_VERSION or "data" not in columns:
         return
     conn.execute("BEGIN IMMEDIATE")
-    for column in ("taken", "taken_bytes", "refs"):
-        conn.execute(f"ALTER TABLE pending ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE pending RENAME TO pending_v1")
+    conn.execute(_table("pending"))
+    conn.execute(_table("pending_data"))
+    conn.execute(
+        "INSERT INTO pending (id, tag, lengths, count, bytes, oldest_ms, admitted_at) "
+        "SELECT id, tag, lengths, count, bytes, oldest_ms, admitted_at FROM pending_v1"
+    )
+    conn.execute("INSERT INTO pending_data (id, data) SELECT id, data FROM pending_v1")
+    conn.execute("DROP TABLE pending_v1")
     conn.execute("ALTER TABLE batches RENAME TO batches_v1")
     conn.execute("DROP INDEX IF EXISTS batches_due")
-    conn.execute(BATCHES_TABLE)
+    conn.execute(_table("batches"))
     old = conn.execute(
         "SELECT id, payload_id, tag, data, lengths, count, bytes, oldest_ms, created_at, attempts, next_attempt_at, last_status, last_error FROM batches_v1"
     ).fetchall()
     for bid, payload_id, tag, data, lengths, count, nbytes, oldest_ms, created_at, attempts, next_at, status, error in old:
-        row = conn.execute(
-            "INSERT INTO pending (tag, data, lengths, count, bytes, oldest_ms, admitted_at, taken, taken_bytes, refs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            (tag, data, lengths, count, nbytes, oldest_ms, created_at, count, nbytes),
-        ).lastrowid
+        row = _insert_pending(conn, tag, data, lengths, count, nbytes, oldest_ms, created_at)
+        conn.execute("UPDATE pending SET taken = count, taken_bytes = bytes, refs = 1 WHERE id = ?", (row,))
         conn.execute(
             "INSERT INTO batches (id, payload_id, tag, segments, lengths, count, bytes, oldest_ms, created_at, attempts, next_attempt_at, last_status, last_error) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -137,7 +137,7 @@ def test_batches_refer_to_rows_that_go_once_every_batch_is_done(tmp_path):
         for batch in await store.due_batches(time.time(), 1000):
             await store.delivered(batch)
         assert store.pending_events == 0 and store.pending_bytes == 0
-        assert rows(path, "pending") == 0 and rows(path, "batches") == 0
+        assert rows(path, "pending") == 0 and rows(path, "pending_data") == 0 and rows(path, "batches") == 0
         await store.close()
 
     asyncio.run(scenario())
