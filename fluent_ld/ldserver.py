@@ -48,6 +48,7 @@ class ReceivedRequest:
     events: list[Any] | None
     status: int
     duplicate: bool = False
+    count: int = 0  # events in the body (kept even when the body and events are not)
 
 
 class LaunchDarklyServer:
@@ -56,8 +57,12 @@ class LaunchDarklyServer:
         token: str = "api-test-token",
         projects: dict[str, list[str]] | None = None,
         refuse: Callable[[dict], str | None] | None = None,
+        keep: bool = True,
     ) -> None:
+        """``keep=False``: remember only counts, not bodies and events (benchmarks, soak runs)."""
         self.token = token
+        self.keep = keep
+        self.unique_events = 0  # events accepted, each payload once
         self.projects = projects if projects is not None else {"default": ["production", "test"]}
         self.refuse = refuse  # an event -> reason to answer 400 for its whole payload
         self.faults: list[Fault] = []
@@ -100,7 +105,11 @@ class LaunchDarklyServer:
         payload_id = request.headers.get("X-LaunchDarkly-Payload-ID")
 
         def answer(status: int, text: str = "", events: Any = None, extra: dict | None = None, duplicate: bool = False) -> web.Response:
-            self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, body, events, status, duplicate))
+            count = len(events) if isinstance(events, list) else 0
+            if self.keep:
+                self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, body, events, status, duplicate, count))
+            else:
+                self.requests.append(ReceivedRequest(time.time(), request.path, {}, payload_id, b"", None, status, duplicate, count))
             self.arrived.set()
             return web.Response(status=status, text=text, headers=extra or {})
 
@@ -143,10 +152,13 @@ class LaunchDarklyServer:
                 if reason:
                     return answer(400, orjson.dumps({"code": "invalid_request", "message": reason}).decode(), events)
         duplicate = payload_id in self.accepted if payload_id else False
+        if not duplicate:
+            self.unique_events += len(events)
+        kept = events if self.keep else []
         if payload_id and not duplicate:
-            self.accepted[payload_id] = events
+            self.accepted[payload_id] = kept
         elif not payload_id:
-            self.accepted[f"no-id-{len(self.requests)}"] = events
+            self.accepted[f"no-id-{len(self.requests)}"] = kept
         return answer(202, "", events, duplicate=duplicate)
 
 
