@@ -5,8 +5,11 @@ map + encode, no I/O) measured in the same run on the same bytes.
 
     python benchmarks/node.py            # full run, writes benchmarks/results/node.json
     python benchmarks/node.py --quick    # seconds
+    python benchmarks/node.py --out F    # also the rows of benchmarks/run.py, to F
 
-Also: the node's RSS while its store holds 1M undelivered events (LaunchDarkly answering 503).
+Rows: one worker and two workers (2 client processes each), ack latency with the clients paced at
+half the rate one worker reached, and the node's RSS while its store holds 1M undelivered events
+(LaunchDarkly answering 503).
 """
 
 from __future__ import annotations
@@ -85,9 +88,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(url: str, store: str, port: int) -> subprocess.Popen:
+def start_node(url: str, store: str, port: int, workers: int = 1) -> subprocess.Popen:
     conf = Path(store) / "node.conf"
     conf.write_text(
+        f"<system>\n  workers {workers}\n</system>\n"
         f"<source>\n  @type forward\n  port {port}\n</source>\n"
         f"<match signal.**>\n  @type launchdarkly\n  access_token {TOKEN}\n  project_key default\n"
         f"  environment_key production\n  events_host {url}\n  <buffer>\n    path {store}\n"
@@ -104,30 +108,93 @@ def start_node(url: str, store: str, port: int) -> subprocess.Popen:
 
 
 def proc_stats(pid: int) -> tuple[float, int, int]:
-    """CPU seconds, current RSS and peak RSS (bytes) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss = peak = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
+    """CPU seconds, current RSS and peak RSS (bytes) of a process and its descendants (the
+    workers of a supervisor), from /proc."""
+    cpu = rss = peak = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("VmHWM:"):
+                        peak += int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            continue
     return cpu, rss, peak
 
 
-def node_run(ld: ServerThread, clients: int, requests: int) -> dict:
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def paced_client(port: int, payload: bytes, requests: int, per_request: int, rate: float, results) -> None:
+    """Send chunks at ``rate`` records/s (one chunk every per_request/rate seconds, acks read as
+    they come): the ack latency a client sees when the node is not saturated."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    unpacker = msgpack.Unpacker(raw=False)
+    interval = per_request / rate
+    sent_at: list[float] = []
+    latencies: list[float] = []
+    start = time.perf_counter()
+    sock.setblocking(False)
+    acked = 0
+    while acked < requests:
+        now = time.perf_counter()
+        if len(sent_at) < requests and now >= start + len(sent_at) * interval:
+            sock.setblocking(True)
+            sock.sendall(payload)
+            sock.setblocking(False)
+            sent_at.append(time.perf_counter())
+            continue
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            time.sleep(0.0005)
+            continue
+        if not data:
+            raise SystemExit("server closed the connection")
+        unpacker.feed(data)
+        for _ in unpacker:
+            latencies.append(time.perf_counter() - sent_at[acked])
+            acked += 1
+    sock.close()
+    results.put((requests * per_request, time.perf_counter() - start, latencies))
+
+
+def node_run(ld: ServerThread, clients: int, requests: int, workers: int = 1, rate: float | None = None) -> dict:
+    """``rate``: pace the clients at this many records/s in all (None: as fast as acks allow)."""
     payload = chunk(0)
     with tempfile.TemporaryDirectory() as store:
         port = free_port()
-        proc = start_node(ld.server.url, store, port)
+        proc = start_node(ld.server.url, store, port, workers)
+        if workers > 1:
+            time.sleep(1.0)  # every worker listening, not only the first
         try:
             cpu0, _, _ = proc_stats(proc.pid)
             before = ld.server.unique_events
             results = multiprocessing.Queue()
-            procs = [multiprocessing.Process(target=client_process, args=(port, payload, requests, PER_REQUEST, results)) for _ in range(clients)]
+            if rate is None:
+                procs = [multiprocessing.Process(target=client_process, args=(port, payload, requests, PER_REQUEST, results)) for _ in range(clients)]
+            else:
+                procs = [multiprocessing.Process(target=paced_client, args=(port, payload, requests, PER_REQUEST, rate / clients, results)) for _ in range(clients)]
             start = time.perf_counter()
             for p in procs:
                 p.start()
@@ -181,40 +248,72 @@ def rss_with_pending(ld: ServerThread, events: int) -> dict:
             ld.server.faults.clear()
 
 
+def summarise(samples: list[dict]) -> dict:
+    row = {k: statistics.median(s[k] for s in samples) for k in samples[0] if k != "delivered_all"}
+    row["spread"] = (min(s["records_per_s"] for s in samples), max(s["records_per_s"] for s in samples))
+    row["delivered_all"] = all(s["delivered_all"] for s in samples)
+    row["runs"] = len(samples)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", metavar="FILE", help="write the rows (benchmarks/run.py's format) here")
     args = parser.parse_args()
     runs, requests, pending = (1, 20, 20_000) if args.quick else (3, 400, 1_000_000)
     ld = ServerThread()
     payload = chunk(0)
     floor = [floor_rate(payload, 40 if not args.quick else 4) for _ in range(runs)]
-    rows = {}
-    for clients in (1, 2):
-        samples = [node_run(ld, clients, requests // clients) for _ in range(runs)]
-        rows[clients] = {k: statistics.median(s[k] for s in samples) for k in samples[0] if k != "delivered_all"}
-        rows[clients]["spread"] = (min(s["records_per_s"] for s in samples), max(s["records_per_s"] for s in samples))
-        rows[clients]["delivered_all"] = all(s["delivered_all"] for s in samples)
-    memory = rss_with_pending(ld, pending)
     fl = statistics.median(floor)
+    rows = {}
+    for workers in (1, 2):
+        rows[f"{workers} worker(s)"] = summarise([node_run(ld, 2, requests // 2, workers) for _ in range(runs)])
+    half = rows["1 worker(s)"]["records_per_s"] / 2
+    rows["half rate"] = summarise([node_run(ld, 2, requests // 4, 1, rate=half) for _ in range(runs)])
+    memory = rss_with_pending(ld, pending)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"machine: {machine}")
     print(f"floor (decode+validate+map+encode, in process): {fl:,.0f} records/s")
-    for clients, r in rows.items():
+    for name, r in rows.items():
         print(
-            f"node, {clients} client(s): {r['records_per_s']:,.0f} records/s "
+            f"node, {name}, 2 clients: {r['records_per_s']:,.0f} records/s "
             f"({r['spread'][0]:,.0f}..{r['spread'][1]:,.0f}), ratio {r['records_per_s'] / fl:.2f}, "
             f"p50/p99 ack {r['p50_ack_ms']:.1f}/{r['p99_ack_ms']:.1f} ms, {r['cpu_us_per_record']:.2f} us CPU/record, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB, all delivered: {r['delivered_all']}"
         )
+    scale = rows["2 worker(s)"]["records_per_s"] / rows["1 worker(s)"]["records_per_s"]
+    print(f"two workers / one worker: {scale:.2f}x")
     print(
         f"store holding {memory['pending_events']:,} undelivered events: node RSS {memory['rss_mb']:.0f} MB "
         f"(peak {memory['peak_rss_mb']:.0f} MB); filled at {memory['fill_records_per_s']:,.0f} records/s"
     )
+    report = {"benchmark": "node", "machine": machine, "quick": args.quick, "floor_per_s": floor, "node": rows, "memory": memory}
+    report["rows"] = [
+        {
+            "figure": f"node, {name}" if name != "half rate" else f"node, 1 worker, paced at half ({half:,.0f}/s)",
+            "value": r["records_per_s"], "unit": "records/s", "spread": list(r["spread"]), "runs": r["runs"],
+            "floor": fl, "floor_figure": "decode+validate+map+encode in process, no I/O", "ratio": r["records_per_s"] / fl,
+            "extra": {
+                "p50_ack_ms": round(r["p50_ack_ms"], 1), "p99_ack_ms": round(r["p99_ack_ms"], 1),
+                "cpu_us_per_record": round(r["cpu_us_per_record"], 2), "peak_rss_mb": round(r["peak_rss_mb"]),
+                "delivered_all": r["delivered_all"],
+                **({"vs_1_worker": round(scale, 2)} if name == "2 worker(s)" else {}),
+            },
+        }
+        for name, r in rows.items()
+    ]
+    report["rows"].append({
+        "figure": f"store holding {memory['pending_events']:,} undelivered events", "value": memory["rss_mb"], "unit": "MB RSS",
+        "spread": [memory["rss_mb"], memory["rss_mb"]], "runs": 1, "floor": None, "floor_figure": None, "ratio": None,
+        "extra": {"peak_rss_mb": round(memory["peak_rss_mb"]), "fill_records_per_s": round(memory["fill_records_per_s"])},
+    })
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if not args.quick:
         out = Path(__file__).resolve().parent / "results" / "node.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"machine": machine, "floor_per_s": floor, "node": rows, "memory": memory}, indent=2) + "\n")
+        out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

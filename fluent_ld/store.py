@@ -44,6 +44,9 @@ __all__ = ["Batch", "DeadLetter", "Store", "StoreError"]
 GROUP_COMMIT_WINDOW = 0.002
 # The most operations in one transaction, so one group cannot hold the writer for long.
 GROUP_MAX_OPS = 512
+# A store whose commits failed counts as not writable until an append commits, or this long
+# without another failure (while it is full, retried appends and cuts fail every second).
+WRITABLE_AFTER = 10.0
 # Batches cut per call (each call is one writer operation): bounds its time and memory.
 MAX_BATCHES_PER_CUT = 4
 
@@ -100,6 +103,10 @@ def _table(name: str) -> str:
     return SCHEMA[start : SCHEMA.index(";", start)]
 
 
+class _GroupLost(Exception):
+    """SQLite abandoned the transaction of a group (it does so on SQLITE_FULL and I/O errors)."""
+
+
 class StoreError(Exception):
     """The store cannot take the operation (disk full, unreadable file): the caller must not ack."""
 
@@ -152,7 +159,9 @@ class Store:
         self.fsyncs = 0
         self.fsync_seconds = 0.0
         self.on_commit: Callable[[float], None] | None = None  # called from the writer thread
-        self.last_error: str | None = None  # set while commits fail (disk full, I/O error)
+        self.last_error: str | None = None  # the last failed commit's reason (disk full, I/O error)
+        self._failed_at: float | None = None  # when a commit last failed (monotonic)
+        self._appended_at = 0.0  # when an append last committed
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -213,7 +222,11 @@ class Store:
                         stop = True
                         break
                     group.append(op)
-                self._run_group(conn, group)
+                try:
+                    self._run_group(conn, group)
+                except Exception as exc:  # never let the writer die: every later caller would wait forever
+                    for _, future in group:
+                        self._loop.call_soon_threadsafe(_set_exception, future, StoreError(f"{self.path or 'memory store'}: {exc!r}"))
                 if stop:
                     return
         finally:
@@ -231,6 +244,10 @@ class Store:
                     results.append((future, True, fn(conn, self)))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # the operation's own failure: roll back just it
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (SQLITE_FULL, SQLITE_IOERR):
+                        # nothing in this group is stored.
+                        raise _GroupLost(exc) from exc
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((future, False, exc))
@@ -239,16 +256,17 @@ class Store:
             elapsed = time.perf_counter() - started
             self.fsync_seconds += elapsed
             self.fsyncs += 1
-            self.last_error = None
             if self.on_commit is not None:
                 self.on_commit(elapsed)
-        except sqlite3.Error as exc:  # disk full, I/O error: nothing in this group is durable
+        except (sqlite3.Error, _GroupLost) as exc:  # disk full, I/O error: nothing in this group is durable
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            error = StoreError(f"{self.path or 'memory store'}: {exc}")
+            cause = exc.__cause__ if isinstance(exc, _GroupLost) else exc
+            error = StoreError(f"{self.path or 'memory store'}: {cause}")
             self.last_error = str(error)
+            self._failed_at = time.monotonic()
             results = [(future, False, error) for _, future in group]
         for future, ok, value in results:
             self._loop.call_soon_threadsafe(_set_result if ok else _set_exception, future, value)
@@ -275,6 +293,7 @@ class Store:
             _insert_dead(conn, dead, now)
 
         await self._call(op)
+        self._appended_at = time.monotonic()
         self.pending_events += count
         self.pending_bytes += nbytes
         self.dead_letter_count += len(dead)
@@ -386,8 +405,11 @@ class Store:
 
     @property
     def writable(self) -> bool:
-        """The last commit succeeded and the folder can take new files (the WAL, a checkpoint)."""
-        if self.last_error is not None:
+        """New events can be stored: no commit failed since the last append committed (small
+        updates may still commit on a full disk, so they do not count), or for WRITABLE_AFTER
+        seconds; and the folder can take new files (the WAL, a checkpoint)."""
+        failed = self._failed_at
+        if failed is not None and self._appended_at < failed and time.monotonic() - failed < WRITABLE_AFTER:
             return False
         return self.path is None or os.access(os.path.dirname(self.path) or ".", os.W_OK)
 

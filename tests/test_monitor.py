@@ -3,6 +3,7 @@ Fluentd's plugins.json shape, readiness that follows LaunchDarkly's 401 and its 
 recent-requests debugger."""
 
 import asyncio
+import time
 import uuid
 
 import aiohttp
@@ -173,7 +174,7 @@ def test_readyz_is_unready_while_the_store_cannot_commit(tmp_path):
     async def scenario():
         async with ld_node(tmp_path, extra=f"@id {ld_id}", source=SOURCES.format(u=u)) as (node, out, ld):
             monitor = Monitor(node, u)
-            out.store.last_error = "disk I/O error"  # what a failed group commit records
+            out.store._failed_at = time.monotonic()  # what a failed group commit records
             status, body = await monitor.json("/readyz")
             assert status == 503 and "store is not writable" in body["problems"][0]
             await node.emit("signal.web", [(T, order(1))])  # the next commit succeeds: ready again

@@ -4,16 +4,17 @@ wait, how batches are cut, how failed sends are retried, and when sources are sl
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
 from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Enum, Integer, Param, Section, Size, String, Time
 from fluent_ld.encode import LD_BODY_LIMIT
-from fluent_ld.plugin import StartError
+from fluent_ld.plugin import BufferFullError, StartError
 from fluent_ld.store import Store, StoreError
 
-__all__ = ["BUFFER", "Room", "open_store", "refresh_store_metrics", "store_for", "watermarks"]
+__all__ = ["BUFFER", "STORE_RETRY_INTERVAL", "Room", "StoreHealth", "open_store", "refresh_store_metrics", "store_for", "watermarks"]
 
 BUFFER = Section(
     "buffer",
@@ -93,3 +94,31 @@ class Room:
         if not self._open.is_set():
             self._open.set()
             self._seconds.inc(time.monotonic() - self._closed_at)
+
+
+# How often a source retries a request its output could not commit (disk full, I/O error).
+STORE_RETRY_INTERVAL = 1.0
+
+
+class StoreHealth:
+    """A commit that fails (disk full, I/O error) is backpressure, not an error for the client:
+    nothing was stored, so nothing is acked; the source holds the request, stops reading, and tries
+    it again every STORE_RETRY_INTERVAL until the store commits again. Logged once each way."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.down = False
+
+    def failed(self, exc: StoreError) -> BufferFullError:
+        if not self.down:
+            self.down = True
+            self.log.error(
+                "The store cannot commit (%s): nothing more is acknowledged; sources hold their requests and "
+                "retry every %gs. Free disk space; nothing already stored is lost.", exc, STORE_RETRY_INTERVAL,
+            )
+        return BufferFullError(f"the store cannot commit: {exc}", lambda: asyncio.sleep(STORE_RETRY_INTERVAL))
+
+    def ok(self) -> None:
+        if self.down:
+            self.down = False
+            self.log.info("The store commits again; sources resume.")

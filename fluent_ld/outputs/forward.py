@@ -24,7 +24,7 @@ from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Sectio
 from fluent_ld.encode import gzip_body
 from fluent_ld.forward.codec import encode_event_time
 from fluent_ld import metrics
-from fluent_ld.outputs.buffer import BUFFER, Room, open_store, refresh_store_metrics, store_for, watermarks
+from fluent_ld.outputs.buffer import BUFFER, Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks
 from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy
@@ -116,6 +116,7 @@ class ForwardOutput(Output):
             for s in conf.server
         ]
         self.room = Room(plugin_id)
+        self.health = StoreHealth(self.log)
         self.wake = asyncio.Event()
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self._tasks: list[asyncio.Task] = []
@@ -162,7 +163,11 @@ class ForwardOutput(Output):
             return
         lengths = [len(f) for f in fragments]
         oldest = min((t for t, _ in entries), default=0) // 1_000_000
-        await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
+        try:
+            await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
+        except StoreError as exc:
+            raise self.health.failed(exc) from exc
+        self.health.ok()
         self.wake.set()
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
@@ -187,7 +192,9 @@ class ForwardOutput(Output):
                 if nxt is not None:
                     wait = min(wait, max(nxt - time.time(), 0.01))
             except StoreError as exc:
-                self.log.error("The store failed: %s; trying again.", exc)
+                if not self.health.down:
+                    self.log.error("The store failed: %s; trying again every second.", exc)
+                    self.health.down = True
                 wait = 1.0
             if self.store.pending_bytes <= self.low:
                 self.room.open()

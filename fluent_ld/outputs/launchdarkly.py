@@ -21,7 +21,7 @@ from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
 from fluent_ld.mapping import INVALID
 from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_mapper, check_mapping
-from fluent_ld.outputs.buffer import BUFFER, Room, open_store, refresh_store_metrics, store_for, watermarks as _watermarks
+from fluent_ld.outputs.buffer import BUFFER, Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks as _watermarks
 from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, Answer, Sender
 from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
@@ -90,6 +90,7 @@ class LaunchDarklyOutput(Output):
         self.paused_until = 0.0
         self.auth_error: int | None = None  # 401/403/404 while the output waits for a fix
         self.room = Room(plugin_id)
+        self.health = StoreHealth(self.log)
         self.wake = asyncio.Event()
         self.inflight: dict[int, asyncio.Task] = {}
         self._drainer: asyncio.Task | None = None
@@ -169,9 +170,11 @@ class LaunchDarklyOutput(Output):
                 metrics.RECORDS_DEAD_LETTERED.labels(self.id, letter.kind).inc()
         if not fragments and not dead:
             return
-        await self.store.append(
-            b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead
-        )
+        try:
+            await self.store.append(b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead)
+        except StoreError as exc:
+            raise self.health.failed(exc) from exc
+        self.health.ok()
         self.count("records_admitted", len(fragments))
         self.wake.set()
 
@@ -205,7 +208,9 @@ class LaunchDarklyOutput(Output):
                 else:
                     wait = min(self.paused_until - now, 1.0)
             except StoreError as exc:
-                self.log.error("The store failed while cutting or reading batches: %s; trying again.", exc)
+                if not self.health.down:  # while it is down, admit has said so once already
+                    self.log.error("The store failed while cutting or reading batches: %s; trying again every second.", exc)
+                    self.health.down = True
                 wait = 1.0
             self.wake.clear()
             try:
