@@ -3,6 +3,7 @@ beside a floor measured in the same run on the same bytes (a bare ``msgpack.Unpa
 
     python benchmarks/forward.py            # full run, writes benchmarks/results/forward.json
     python benchmarks/forward.py --quick    # a few seconds, to keep the benchmark from rotting
+    python benchmarks/forward.py --out F    # the results (benchmarks/report.py's format) to F instead
 
 Figures are records per second; each is the median of several runs, with the spread (min..max).
 The ratio is figure / floor: 1.0 means protocol handling costs nothing over decoding msgpack.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import json
 import multiprocessing
 import os
 import platform
@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fluent_ld.config.loader import load_text  # noqa: E402
 from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time  # noqa: E402
 from fluent_ld.node import Node  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report as results  # noqa: E402
 
 RECORD = {
     "type": "track",
@@ -176,13 +179,14 @@ def summary(values: list[float]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds; no results file")
+    parser.add_argument("--quick", action="store_true", help="a few seconds; no results file unless --out")
+    parser.add_argument("--out", metavar="FILE", help="write the results here (instead of results/forward.json)")
     args = parser.parse_args()
     runs = 2 if args.quick else 7
     n_requests = 20 if args.quick else 200
     per_request = 100
 
-    rows = []
+    rows = []  # (figure, records/s, floor/s, raw samples, raw floor samples[, p99 ack ms])
     for mode in ("message", "forward", "packed", "gzip", "zstd"):
         per = 1 if mode == "message" else per_request
         count = n_requests * per_request // per
@@ -190,31 +194,40 @@ def main() -> int:
         assert codec_decode(stream) == floor_decode(stream) == n_requests * per_request
         floor = rate(floor_decode, stream, runs)
         codec = rate(codec_decode, stream, runs)
-        rows.append((f"codec {mode}", summary(codec), summary(floor)))
+        rows.append((f"codec {mode}", summary(codec), summary(floor), codec, floor))
 
     floor_stream = b"".join(request("packed", per_request) for _ in range(n_requests))
     floor = rate(floor_decode, floor_stream, runs)
     for clients in (1, 2):
         samples = [server_rate(clients, n_requests * (5 if not args.quick else 1), per_request) for _ in range(max(1, runs // 2))]
         rows.append(
-            (f"server packed+ack, {clients} client(s)", summary([s[0] for s in samples]), summary(floor), statistics.median(s[1] for s in samples))
+            (
+                f"server packed+ack, {clients} client(s)", summary([s[0] for s in samples]), summary(floor),
+                [s[0] for s in samples], floor, statistics.median(s[1] for s in samples),
+            )
         )
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, msgpack {'.'.join(map(str, msgpack.version))}"
     print(f"machine: {machine}")
     print(f"{'figure':<36} {'records/s':>12} {'spread':>23} {'floor/s':>12} {'ratio':>6} {'p99 ack':>9}")
-    report = {"machine": machine, "quick": args.quick, "rows": []}
-    for name, fig, fl, *extra in rows:
+    report = {"benchmark": "forward", "machine": machine, "quick": args.quick, "rows": []}
+    for name, fig, fl, values, floor_values, *extra in rows:
         ratio = fig["median"] / fl["median"]
         p99 = f"{extra[0]:.1f}ms" if extra else ""
         print(
             f"{name:<36} {fig['median']:>12,.0f} {fig['min']:>11,.0f}..{fig['max']:<11,.0f} {fl['median']:>12,.0f} {ratio:>6.2f} {p99:>9}"
         )
-        report["rows"].append({"figure": name, "records_per_s": fig, "floor_per_s": fl, "ratio": ratio, "p99_ack_ms": extra[0] if extra else None})
-    if not args.quick:
-        out = Path(__file__).resolve().parent / "results" / "forward.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        floor_figure = (
+            "bare msgpack loop over the same chunks, in process" if extra
+            else "bare msgpack.Unpacker loop over the same bytes"
+        )
+        uniform = results.row(name, values, "records/s", floor_values, floor_figure, {"p99_ack_ms": round(extra[0], 1)} if extra else {})
+        # The keys of earlier runs (records_per_s, floor_per_s, p99_ack_ms) beside the uniform ones.
+        report["rows"].append(
+            {**uniform, "records_per_s": fig, "floor_per_s": fl, "ratio": ratio, "p99_ack_ms": extra[0] if extra else None}
+        )
+    out = results.write(report, args.out, args.quick, "forward.json")
+    if out is not None:
         print(f"written: {out}")
     return 0
 

@@ -3,12 +3,12 @@ in the same run on the same records.
 
     python benchmarks/pipeline.py            # full run, writes benchmarks/results/pipeline.json
     python benchmarks/pipeline.py --quick    # seconds
+    python benchmarks/pipeline.py --out F    # the results (benchmarks/report.py's format) to F instead
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -24,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fluent_ld.mapping import Mapper, Rejection  # noqa: E402
 from fluent_ld.preset_loader import load_preset  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report as results  # noqa: E402
 
 PRESET = load_preset("default")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -92,6 +95,7 @@ def rate(fn, batch, runs) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", metavar="FILE", help="write the results here (instead of results/pipeline.json)")
     args = parser.parse_args()
     n, runs = (5_000, 2) if args.quick else (100_000, 7)
     batch = records(n)
@@ -105,10 +109,15 @@ def main() -> int:
     print(f"machine: {machine}")
     print(f"{'figure':<34} {'records/s':>10} {'spread':>21} {'floor/s':>10} {'ratio':>6}")
     print(f"{'validate+map+encode (one core)':<34} {med:>10,.0f} {min(fig):>10,.0f}..{max(fig):<10,.0f} {fmed:>10,.0f} {med / fmed:>6.2f}")
-    if not args.quick:
-        out = Path(__file__).resolve().parent / "results" / "pipeline.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"machine": machine, "records_per_s": fig, "floor_per_s": flo, "ratio": med / fmed}, indent=2) + "\n")
+    report = {"benchmark": "pipeline", "machine": machine, "quick": args.quick, "records_per_s": fig, "floor_per_s": flo, "ratio": med / fmed}
+    report["rows"] = [
+        results.row(
+            "validate+map+encode (one core)", fig, "records/s", flo,
+            "the same rules by hand (lookup, identity, timestamp, metric, orjson), no schema",
+            {"us_per_record": round(1e6 / med, 2)},
+        )
+    ]
+    results.write(report, args.out, args.quick, "pipeline.json")
     return 0
 
 
