@@ -130,6 +130,24 @@ WEBHOOK_REQUESTS = Counter(
 )
 
 
+# Gauges of one plugin, with the value that means "nothing to report".
+_PLUGIN_GAUGES = (
+    (PENDING_EVENTS, 0), (PENDING_BYTES, 0), (DEAD_LETTERS, 0), (OLDEST_PENDING_AGE, 0),
+    (STORE_WRITABLE, 1), (AUTH_ERROR, 0), (FORWARD_OPEN, 0),
+)
+
+
+def forget(plugin_id: str) -> None:
+    """A plugin stopped: its gauges go (or, across workers, where prometheus-client cannot remove a
+    series, go neutral), so an alert on a removed or renamed output clears. Counters stay."""
+    shared = multiprocess_dir() is not None
+    for gauge, neutral in _PLUGIN_GAUGES:
+        if not shared:
+            gauge.remove(plugin_id)  # no-op for a series the plugin never had
+        elif (plugin_id,) in gauge._metrics:  # only the series this plugin has
+            gauge.labels(plugin_id).set(neutral)
+
+
 class SupervisorCollector:
     """Worker restarts and the worker count, from the file the supervisor keeps current."""
 

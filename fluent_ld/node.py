@@ -107,6 +107,7 @@ class Node:
                 await plugin.stop()
             except Exception:
                 log.exception("Plugin %s failed to stop cleanly.", plugin.id)
+            metrics.forget(plugin.id)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()

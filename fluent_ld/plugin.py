@@ -107,6 +107,7 @@ class Output(Plugin):
     def __init__(self, conf: Conf, plugin_id: str, worker: int = 0) -> None:
         super().__init__(conf, plugin_id)
         self.worker = worker  # each worker keeps its own store
+        self.keep_store_open = False  # set by a reload handing this output's memory store on
 
     async def admit(self, tag: str, entries: Entries) -> None:
         """Take responsibility for these records. Returning is the promise: a durable output

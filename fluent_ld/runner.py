@@ -40,8 +40,9 @@ class Runner:
     async def run(self, stop: asyncio.Event) -> None:
         """Raises :class:`StartError` if the node cannot start (or, after a reload, restart)."""
         self._stop = stop
-        await self.node.start()
-        _freeze()
+        async with self._lock:  # a SIGHUP now waits until this node has started
+            await self.node.start()
+            _freeze()
         self.report("ready")
         try:
             await stop.wait()
@@ -61,6 +62,9 @@ class Runner:
         return ok
 
     async def _reload(self) -> bool:
+        if self._stop is None or self._stop.is_set():
+            log.warning("Reload ignored: the node is not running (starting up or stopping).")
+            return False
         log.info("Reloading the config from %s.", self.path)
         try:
             config = load(self.path)
@@ -81,12 +85,16 @@ class Runner:
             log.exception("Reload refused: the new config cannot be built (%s); the running config is kept.", exc)
             return False
         old = self.node
+        handed = _hand_over_memory_stores(old, new)
         await old.stop()
         try:
-            await new.start()
+            await new.start()  # its outputs keep handed-over stores open should it fail
+            for _, out in new.outputs:
+                out.keep_store_open = False
         except StartError as exc:
             log.error("The new config could not start (%s); starting the previous config again.", exc)
             self.node = Node(old.config, self.worker)
+            _hand_over_memory_stores(new, self.node, handed)
             try:
                 await self.node.start()
             except StartError as again:
@@ -104,6 +112,31 @@ class Runner:
 
 def _freeze() -> None:
     """Move what start-up built (modules, compiled validators, plugins) out of the collector's
-    sight: full collections then scan only what the traffic allocates."""
+    sight: full collections then scan only what the traffic allocates. Unfrozen first, so a node a
+    reload replaced can still be collected."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _hand_over_memory_stores(old: Node, new: Node, stores: dict | None = None) -> dict:
+    """``<buffer> @type memory`` keeps its events in the process: the output that replaces one with
+    the same id takes its store over (open, with its events) instead of starting empty; the old
+    output leaves it open. Returns the stores handed over, by output id."""
+    if stores is None:
+        stores = {
+            pc.id: out.store
+            for pc, out in old.outputs
+            if getattr(out, "store", None) is not None and out.store.path is None
+        }
+    handed = {}
+    for pc, out in new.outputs:
+        store = stores.get(pc.id)
+        if store is not None and getattr(out, "store", None) is not None and out.store.path is None:
+            out.store = store
+            out.keep_store_open = True  # until it has started: a failed start must not close it
+            handed[pc.id] = store
+    for pc, out in old.outputs:
+        if pc.id in handed:
+            out.keep_store_open = True
+    return handed

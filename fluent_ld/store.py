@@ -174,6 +174,10 @@ class Store:
         counts = await self._call(_totals)
         self.pending_events, self.pending_bytes, self.dead_letter_count = counts
 
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None
+
     async def close(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
@@ -238,6 +242,7 @@ class Store:
         results = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            changes = conn.total_changes
             for fn, future in group:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -254,10 +259,11 @@ class Store:
             started = time.perf_counter()
             conn.execute("COMMIT")
             elapsed = time.perf_counter() - started
-            self.fsync_seconds += elapsed
-            self.fsyncs += 1
-            if self.on_commit is not None:
-                self.on_commit(elapsed)
+            if conn.total_changes != changes:  # a group that only read wrote nothing to sync
+                self.fsync_seconds += elapsed
+                self.fsyncs += 1
+                if self.on_commit is not None:
+                    self.on_commit(elapsed)
         except (sqlite3.Error, _GroupLost) as exc:  # disk full, I/O error: nothing in this group is durable
             try:
                 conn.execute("ROLLBACK")

@@ -54,6 +54,7 @@ class _Worker:
         self.status: asyncio.Queue[str] = asyncio.Queue()
         self.channel: socket.socket | None = None
         self.listener: asyncio.Task | None = None  # held: a collected task would close the channel
+        self.ready = False  # started and not since died: it has its signal handlers
         self.restarts = 0
 
 
@@ -74,7 +75,8 @@ class Supervisor:
         """Raises :class:`StartError` if a worker cannot start."""
         self._write_state()
         try:
-            await self._start_all()
+            async with self._lock:  # a SIGHUP now waits until every worker has started
+                await self._start_all()
             log.info("fluent-ld started %d workers (pids %s): %s.", len(self.workers), ", ".join(str(w.process.pid) for w in self.workers), self.config.summary())
             keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
             await stop.wait()
@@ -98,6 +100,7 @@ class Supervisor:
             status = await self._next_status(worker, READY_TIMEOUT)
             if status != "ready":
                 raise StartError(f"worker {worker.number} did not start ({status}); see its log lines above")
+            worker.ready = True
 
     async def _stop_all(self) -> None:
         running = [w for w in self.workers if w.process is not None and w.process.returncode is None]
@@ -139,7 +142,9 @@ class Supervisor:
                 return False
             ok = True
             for worker in self.workers:  # one at a time: the others keep serving the port
-                if worker.process is None or worker.process.returncode is not None:
+                if self.stopping:
+                    return False
+                if not worker.ready or worker.process is None or worker.process.returncode is not None:
                     continue  # restarting: it reads the new config as it starts
                 _drain(worker.status)
                 worker.process.send_signal(signal.SIGHUP)
@@ -189,35 +194,54 @@ class Supervisor:
             return f"no answer within {timeout:g}s"
 
     async def _keep(self, worker: _Worker) -> None:
-        """Restart the worker whenever it dies, with a backoff."""
+        """Restart the worker whenever it dies, with a backoff. Never ends by itself: an error here
+        (fork failing, /tmp full) is logged and the restart tried again."""
         backoff = RESTART_BACKOFF_FIRST
         started = time.monotonic()
         while True:
-            process = worker.process
-            code = await process.wait()
-            mark_process_dead(process.pid, self.folder)  # its live gauges leave the sums
-            if self.stopping:
-                return
-            ran = time.monotonic() - started
-            if ran >= RESTART_BACKOFF_RESET:
-                backoff = RESTART_BACKOFF_FIRST
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            log.error("Worker %d (pid %d) died (%s) after %.1fs; restarting it in %gs.", worker.number, process.pid, how, ran, backoff)
-            await asyncio.sleep(backoff)  # cancelled when the node stops
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
-            worker.restarts += 1
-            self._write_state()
-            if worker.listener is not None:
-                worker.listener.cancel()
-            if worker.channel is not None:
-                worker.channel.close()
-            started = time.monotonic()
-            await self._spawn(worker)
-            status = await self._next_status(worker, READY_TIMEOUT)
-            if status == "ready":
-                log.info("Worker %d restarted (pid %d).", worker.number, worker.process.pid)
-            else:
-                log.error("Worker %d did not start again (%s); trying again.", worker.number, status)
+            try:
+                process = worker.process
+                code = await process.wait()
+                worker.ready = False
+                mark_process_dead(process.pid, self.folder)  # its live gauges leave the sums
+                if self.stopping:
+                    return
+                ran = time.monotonic() - started
+                if ran >= RESTART_BACKOFF_RESET:
+                    backoff = RESTART_BACKOFF_FIRST
+                log.error("Worker %d (pid %d) died (%s) after %.1fs; restarting it in %gs.", worker.number, process.pid, _how(code), ran, backoff)
+                await asyncio.sleep(backoff)  # cancelled when the node stops
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+                worker.restarts += 1
+                self._write_state()
+                async with self._lock:  # never while a reload signals the workers
+                    if self.stopping:
+                        return
+                    if worker.listener is not None:
+                        worker.listener.cancel()
+                    if worker.channel is not None:
+                        worker.channel.close()
+                    started = time.monotonic()
+                    await self._spawn(worker)
+                    status = await self._next_status(worker, READY_TIMEOUT)
+                    if status == "ready":
+                        worker.ready = True
+                        log.info("Worker %d restarted (pid %d).", worker.number, worker.process.pid)
+                    else:
+                        log.error("Worker %d did not start again (%s); trying again.", worker.number, status)
+                        if worker.process.returncode is None:
+                            worker.process.kill()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Restarting worker %d failed; trying again in %gs.", worker.number, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+                if worker.process is None or worker.process.returncode is not None:
+                    try:
+                        await self._spawn(worker)
+                    except Exception:
+                        log.exception("Worker %d could not be started.", worker.number)
 
     def _write_state(self) -> None:
         state = {"workers": len(self.workers), "restarts": {str(w.number): w.restarts for w in self.workers}}
@@ -225,6 +249,15 @@ class Supervisor:
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)
         os.replace(path + ".tmp", path)
+
+
+def _how(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:  # real-time signals have no name
+        return f"signal {-code}"
 
 
 def _drain(queue: asyncio.Queue) -> None:
@@ -240,6 +273,8 @@ def _remove_orphaned_folders() -> None:
             continue
         try:
             pid = int(name[len(FOLDER_PREFIX):].split("-", 1)[0])
+            if pid == os.getpid():  # this pid's earlier life (PID 1 in a restarted container)
+                raise ProcessLookupError
             os.kill(pid, 0)
         except ValueError:
             continue

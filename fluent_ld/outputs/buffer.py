@@ -54,6 +54,8 @@ def store_for(buffer, plugin_id: str, worker: int, separator: bytes = b",", fram
 
 async def open_store(store: Store, plugin_id: str) -> None:
     store.on_commit = metrics.FSYNC_SECONDS.labels(plugin_id).observe
+    if store.is_open:  # a memory store handed over by a reload, with its events
+        return
     try:
         await store.open()
     except StoreError as exc:
@@ -94,6 +96,13 @@ class Room:
         if not self._open.is_set():
             self._open.set()
             self._seconds.inc(time.monotonic() - self._closed_at)
+
+    def refresh(self) -> None:
+        """Count the time closed so far, so the counter rises during a long spell, not after."""
+        if not self._open.is_set():
+            now = time.monotonic()
+            self._seconds.inc(now - self._closed_at)
+            self._closed_at = now
 
 
 # How often a source retries a request its output could not commit (disk full, I/O error).

@@ -140,7 +140,8 @@ class ForwardOutput(Output):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self.servers:
             self._drop(server)
-        await self.store.close()
+        if not self.keep_store_open:  # a memory store handed to the output replacing this one
+            await self.store.close()
 
     # -- admit -------------------------------------------------------------------------------------
 
@@ -155,26 +156,26 @@ class ForwardOutput(Output):
                 fragments.append(pack([encode_event_time(time_ns), record]))
             except (TypeError, ValueError, OverflowError) as exc:
                 dead.append(DeadLetter("invalid", f"cannot be encoded as msgpack: {exc}", None, tag, time_ns, repr(record).encode()))
-        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
+        if fragments or dead:
+            lengths = [len(f) for f in fragments]
+            oldest = min((t for t, _ in entries), default=0) // 1_000_000
+            try:
+                await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
+            except StoreError as exc:
+                raise self.health.failed(exc) from exc  # the source tries the whole request again
+            self.health.ok()
+            self.wake.set()
+        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))  # once stored, so once
         if dead:
             metrics.RECORDS_REJECTED.labels(self.id, "invalid").inc(len(dead))
             metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc(len(dead))
-        if not fragments and not dead:
-            return
-        lengths = [len(f) for f in fragments]
-        oldest = min((t for t, _ in entries), default=0) // 1_000_000
-        try:
-            await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
-        except StoreError as exc:
-            raise self.health.failed(exc) from exc
-        self.health.ok()
-        self.wake.set()
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
         await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
         metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc()
 
     async def refresh_metrics(self) -> None:
+        self.room.refresh()
         await refresh_store_metrics(self.store, self.id)
 
     # -- drain -------------------------------------------------------------------------------------

@@ -126,8 +126,8 @@ class LaunchDarklyOutput(Output):
             for task in pending:
                 task.cancel()
         await self.sender.close()
-        await self.store.close()
-        metrics.AUTH_ERROR.labels(self.id).set(0)  # this instance no longer speaks for the output
+        if not self.keep_store_open:  # a memory store handed to the output replacing this one
+            await self.store.close()
         self.log.info("Stopped with %d undelivered events in the store.", self.store.pending_events)
 
     # -- admit ---------------------------------------------------------------------------------------
@@ -159,7 +159,16 @@ class LaunchDarklyOutput(Output):
                 dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, _json(result.record)))
             else:
                 unmapped += 1
+        if fragments or dead:
+            try:
+                await self.store.append(b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead)
+            except StoreError as exc:
+                raise self.health.failed(exc) from exc  # the source tries the whole request again
+            self.health.ok()
+            self.wake.set()
+        # Counted once stored: a request retried after a failed commit is counted once.
         metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
+        self.count("records_admitted", len(fragments))
         if unmapped:
             self.count("records_unmapped", unmapped)
             metrics.RECORDS_REJECTED.labels(self.id, "unmapped").inc(unmapped)
@@ -168,15 +177,6 @@ class LaunchDarklyOutput(Output):
             for letter in dead:
                 metrics.RECORDS_REJECTED.labels(self.id, letter.kind).inc()
                 metrics.RECORDS_DEAD_LETTERED.labels(self.id, letter.kind).inc()
-        if not fragments and not dead:
-            return
-        try:
-            await self.store.append(b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead)
-        except StoreError as exc:
-            raise self.health.failed(exc) from exc
-        self.health.ok()
-        self.count("records_admitted", len(fragments))
-        self.wake.set()
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
         await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
@@ -184,6 +184,7 @@ class LaunchDarklyOutput(Output):
         metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc()
 
     async def refresh_metrics(self) -> None:
+        self.room.refresh()
         await refresh_store_metrics(self.store, self.id)
 
     # -- drain ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -76,13 +77,16 @@ class MonitorAgentSource(Source):
         refresh = getattr(self.emitter, "refresh_metrics", None)
         if refresh is not None:
             await refresh()  # this worker's gauges now; the others refresh theirs every second
-        return metrics.samples(self.registry)
+        # Off the event loop: across workers this reads every worker's metric files.
+        return await asyncio.to_thread(metrics.samples, self.registry)
 
     # -- endpoints -----------------------------------------------------------------------------------
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        await self._refresh()
-        body = generate_latest(self.registry)
+        refresh = getattr(self.emitter, "refresh_metrics", None)
+        if refresh is not None:
+            await refresh()
+        body = await asyncio.to_thread(generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
