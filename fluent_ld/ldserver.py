@@ -4,7 +4,9 @@ It checks what LaunchDarkly checks (launchdarkly-api-notes.md): the token (401),
 environment keys (404), the schema header (406), the body size (413), that the body is a JSON array
 of ``custom`` events (400), ``Content-Encoding: gzip``; answers 202; records every request; and
 deduplicates by ``X-LaunchDarkly-Payload-ID`` as LaunchDarkly does. Faults can be scripted: answers
-for the next requests (``503, 503`` then normal), ``Retry-After``, slow answers, and events to refuse.
+for the next requests (``503, 503`` then normal), ``Retry-After``, slow answers, dropped connections,
+connections reset after part of the body, answers lost or late after the events were accepted, and
+events to refuse.
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ IMPORT_PATH = "/v2/event-data-import/{project}/{environment}"
 @dataclass
 class Fault:
     """One scripted answer: a status (and headers, body), or a delay before answering normally,
-    or dropping the connection."""
+    or dropping the connection.
+
+    ``cut=N``: read only the first N bytes of the body, then reset the connection (the request is
+    recorded with status 0 and the partial body). ``late=True``: handle the request normally first
+    (its events are accepted), then apply ``delay`` or ``drop`` to the answer: the sender sees a
+    timeout or a reset for a request that was in fact accepted. ``Fault()`` answers normally."""
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     delay: float = 0.0
     drop: bool = False
+    cut: int | None = None
+    late: bool = False
 
 
 @dataclass
@@ -99,6 +108,28 @@ class LaunchDarklyServer:
             self._runner = None
 
     async def _import(self, request: web.Request) -> web.StreamResponse:
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is not None and fault.cut is not None:
+            partial = b""
+            while len(partial) < fault.cut:
+                chunk = await request.content.read(fault.cut - len(partial))
+                if not chunk:
+                    break
+                partial += chunk
+            payload_id = request.headers.get("X-LaunchDarkly-Payload-ID")
+            self.requests.append(ReceivedRequest(time.time(), request.path, dict(request.headers), payload_id, partial, None, 0))
+            request.transport.abort()
+            return web.Response(status=500)
+        if fault is not None and fault.late:
+            response = await self._handle(request, None)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                request.transport.abort()
+            return response
+        return await self._handle(request, fault)
+
+    async def _handle(self, request: web.Request, fault: Fault | None) -> web.StreamResponse:
         raw = await request.read()
         body = raw
         headers = dict(request.headers)
@@ -113,8 +144,7 @@ class LaunchDarklyServer:
             self.arrived.set()
             return web.Response(status=status, text=text, headers=extra or {})
 
-        if self.faults:
-            fault = self.faults.pop(0)
+        if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.drop:

@@ -4,6 +4,7 @@ give-up by age. Pure: the random draw and the clock come in as arguments."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -43,7 +44,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit also takes '²', which float() refuses
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
@@ -51,4 +52,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # asctime and '-0000' dates come back naive: HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)

@@ -88,6 +88,7 @@ class LaunchDarklyOutput(Output):
             conf.compress == "gzip", conf.request_timeout, conf.max_concurrent_requests,
         )
         self.paused_until = 0.0
+        self.retry_after_until = 0.0  # the end of the latest Retry-After pause: nothing shortens it
         self.auth_error: int | None = None  # 401/403/404 while the output waits for a fix
         self.room = Room(plugin_id)
         self.health = StoreHealth(self.log)
@@ -222,6 +223,8 @@ class LaunchDarklyOutput(Output):
     async def _send(self, batch: Batch) -> None:
         try:
             now = time.time()
+            if now < self.paused_until:
+                return  # paused (Retry-After, 401) since the drain chose it: it stays due for later
             if self.policy.expired(batch.created_at, now):
                 await self.store.bury(batch, "expired", f"not delivered within retry_timeout after {batch.attempts} attempt(s)", None)
                 self.count("batches_expired")
@@ -244,6 +247,12 @@ class LaunchDarklyOutput(Output):
             await self._handle(batch, answer, seconds)
         except StoreError as exc:
             self.log.error("The store failed while recording a send of batch %s: %s; it will be sent again.", batch.payload_id, exc)
+        except Exception as exc:  # a bug: never resend at once in a loop, never lose the batch
+            self.log.exception("Sending batch %s failed unexpectedly; it is retried after the usual backoff.", batch.payload_id)
+            try:
+                await self.store.failed(batch, None, f"internal error: {exc!r}", time.time() + self.policy.delay(batch.attempts + 1, random.random()))
+            except StoreError:
+                pass
         finally:
             self.inflight.pop(batch.id, None)
             self._update_room()
@@ -256,7 +265,7 @@ class LaunchDarklyOutput(Output):
             if self.auth_error is not None:
                 self.log.info("LaunchDarkly accepts this output's requests again (was %d); resuming.", self.auth_error)
                 self.auth_error = None
-                self.paused_until = 0.0
+                self.paused_until = self.retry_after_until  # a Retry-After pause still holds
                 metrics.AUTH_ERROR.labels(self.id).set(0)
             await self.store.delivered(batch)
             self.count("records_delivered", batch.count)
@@ -284,7 +293,7 @@ class LaunchDarklyOutput(Output):
                 )
             self.auth_error = status
             metrics.AUTH_ERROR.labels(self.id).set(status)
-            self.paused_until = now + min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval)
+            self.paused_until = max(now + min(AUTH_PROBE_INTERVAL, self.policy.retry_max_interval), self.retry_after_until)
             await self.store.failed(batch, status, answer.text, self.paused_until)
             return
         if status == 406:
@@ -297,7 +306,8 @@ class LaunchDarklyOutput(Output):
             await self.store.bury(batch, "rejected", f"LaunchDarkly answered {status}: {answer.text}", status)
             metrics.RECORDS_DEAD_LETTERED.labels(self.id, "rejected").inc(batch.count)
             return
-        # 429, 5xx, timeouts, connection errors: retry later, the same bytes with the same payload id.
+        # 429, 5xx, 3xx (never followed), timeouts, connection errors: retry later, the same bytes
+        # with the same payload id.
         delay = self.policy.delay(batch.attempts + 1, random.random())
         retry_after = parse_retry_after(answer.retry_after, now)
         if retry_after is not None:
@@ -305,6 +315,7 @@ class LaunchDarklyOutput(Output):
             if until > self.paused_until:  # a pause of the whole output
                 metrics.RETRY_AFTER_SECONDS.labels(self.id).inc(until - max(self.paused_until, now))
                 self.paused_until = until
+            self.retry_after_until = max(self.retry_after_until, until)
             self.count("retry_after_pauses")
             delay = max(delay, retry_after)
         await self.store.failed(batch, status, answer.text or "", now + delay)

@@ -76,7 +76,9 @@ class Sender:
         if self.compress:
             body = gzip_body(body)  # deterministic: the same bytes on every attempt
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers(batch)) as response:
+            # A redirect is an answer, not a delivery: following it would take a proxy's page (or
+            # another environment's import path) answering 2xx for LaunchDarkly accepting the batch.
+            async with self.session.post(self.url, data=body, headers=self.headers(batch), allow_redirects=False) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, text[:2000], response.headers.get("Retry-After"))
         except asyncio.TimeoutError:
