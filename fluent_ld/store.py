@@ -341,9 +341,9 @@ class Store:
         return await self._call(lambda conn, store: conn.execute("SELECT MIN(next_attempt_at) FROM batches").fetchone()[0])
 
     async def delivered(self, batch: Batch) -> None:
-        await self._call(lambda conn, store: _drop_batch(conn, batch))
-        self.pending_events -= batch.count
-        self.pending_bytes -= batch.bytes
+        if await self._call(lambda conn, store: _drop_batch(conn, batch)):
+            self.pending_events -= batch.count
+            self.pending_bytes -= batch.bytes
 
     async def failed(self, batch: Batch, status: int | None, error: str, next_attempt_at: float) -> None:
         await self._call(
@@ -371,6 +371,8 @@ class Store:
         first, second = _split_segments(_unpack_segments(batch.segments), half)
 
         def op(conn: sqlite3.Connection, store: Store) -> list[Batch]:
+            if conn.execute("SELECT 1 FROM batches WHERE id = ? AND payload_id = ?", (batch.id, batch.payload_id)).fetchone() is None:
+                return []  # no longer stored (a stale Batch): nothing to split
             out = []
             for data, part, segments in ((batch.data[:end], lengths[:half], first), (batch.data[end + sep :], lengths[half:], second)):
                 out.append(_insert_batch(conn, batch.tag, data, part, sum(part), batch.oldest_ms, batch.created_at, now, segments))
@@ -384,18 +386,20 @@ class Store:
         fragments = _fragments(batch, len(self.separator))
         now = time.time()
 
-        def op(conn: sqlite3.Connection, store: Store) -> None:
-            _drop_batch(conn, batch)
+        def op(conn: sqlite3.Connection, store: Store) -> bool:
+            if not _drop_batch(conn, batch):
+                return False
             _insert_dead(
                 conn,
-                [DeadLetter(kind, reason, status, event=f, payload_id=batch.payload_id) for f in fragments],
+                [DeadLetter(kind, reason, status, tag=batch.tag, event=f, payload_id=batch.payload_id) for f in fragments],
                 now,
             )
+            return True
 
-        await self._call(op)
-        self.pending_events -= batch.count
-        self.pending_bytes -= batch.bytes
-        self.dead_letter_count += len(fragments)
+        if await self._call(op):
+            self.pending_events -= batch.count
+            self.pending_bytes -= batch.bytes
+            self.dead_letter_count += len(fragments)
 
     async def oldest_wait(self, now: float) -> float:
         """Seconds the oldest undelivered event has been stored (0 when none); for events already
@@ -561,15 +565,19 @@ def _insert_batch(
     return Batch(cursor.lastrowid, payload_id, tag, data, packed, len(lengths), nbytes, oldest_ms, created_at, 0, packed_segments)
 
 
-def _drop_batch(conn: sqlite3.Connection, batch: Batch) -> None:
-    """Delete a batch (delivered, buried or split) and the rows nothing refers to any more."""
-    conn.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+def _drop_batch(conn: sqlite3.Connection, batch: Batch) -> bool:
+    """Delete a batch (delivered, buried or split) and the rows nothing refers to any more. False,
+    changing nothing, if it is no longer stored (a stale Batch: dropping it twice would release
+    its rows' references twice; ids are reused, so the payload id is checked too)."""
+    if conn.execute("DELETE FROM batches WHERE id = ? AND payload_id = ?", (batch.id, batch.payload_id)).rowcount == 0:
+        return False
     rows = [(row,) for row, _, _ in _unpack_segments(batch.segments)]
     conn.executemany("UPDATE pending SET refs = refs - 1 WHERE id = ?", rows)
     marks = ",".join("?" * len(rows))
     done = [(r[0],) for r in conn.execute(f"SELECT id FROM pending WHERE id IN ({marks}) AND refs = 0 AND taken = count", [r for (r,) in rows])]
     conn.executemany("DELETE FROM pending WHERE id = ?", done)
     conn.executemany("DELETE FROM pending_data WHERE id = ?", done)
+    return True
 
 
 def _load_batch(conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id: str, tag: str | None, segments: bytes, *rest: Any) -> Batch:
@@ -708,7 +716,9 @@ def _cut(conn: sqlite3.Connection, store: "Store", max_body: int, max_records: i
             tag = row_tag
             row_lengths = unpack_lengths(packed)
             while start < count:  # start: the first event of this row not yet in a batch
-                room_bytes = max_body - framing - (nbytes + len(lengths) * seplen)  # framing + fragments + separators
+                # What the batch holds: framing, its fragments and the separators between them; the
+                # separator before the next fragment is counted with that fragment (``add``).
+                room_bytes = max_body - framing - (nbytes + max(len(lengths) - 1, 0) * seplen)
                 room_records = max_records - len(lengths)
                 # How many of this row's remaining fragments fit.
                 take, size = 0, 0

@@ -190,3 +190,28 @@ def test_a_store_from_the_previous_layout_keeps_its_events_and_payload_ids(tmp_p
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stale_batch_dropped_twice_changes_nothing(tmp_path):
+    """Delivering (or burying, splitting) a Batch that is no longer stored must not release its
+    rows' references again: that deleted rows a sibling batch still used."""
+
+    async def scenario():
+        path = str(tmp_path / "s.sqlite3")
+        store = Store(path)
+        await store.open()
+        await append(store, fragments(0, 10))  # one row
+        await store.cut_batches(10_000, 5, 0, time.time(), 0)  # two batches sharing that row
+        first, second = await store.due_batches(time.time(), 10)
+        await store.delivered(first)
+        await store.delivered(first)  # stale
+        await store.bury(first, "rejected", "stale", 400)
+        assert await store.split(first, 0) == []
+        assert store.pending_events == 5 and store.dead_letter_count == 0
+        (again,) = await store.due_batches(time.time(), 10)
+        assert again.data == second.data
+        await store.delivered(again)
+        assert store.pending_events == 0 and rows(path, "pending_data") == 0
+        await store.close()
+
+    asyncio.run(scenario())
