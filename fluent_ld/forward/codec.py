@@ -60,6 +60,15 @@ GROUP_END = 0xFFFFFFFE
 SIGNAL_NAMES = {0: "logs", 1: "metrics", 2: "traces"}
 NS = 1_000_000_000
 
+# How much of a message still incomplete the unpacker may parse. msgpack builds each container as
+# soon as its header arrives (for a large declared length, a list of ~64 KiB) and holds what it
+# built until the message is whole: a thousand nested array headers (5 KB, the unpacker's depth
+# limit) held ~66 MB per connection, for as long as the client kept the message incomplete. So
+# the rest of a message is parsed once a framer (which skips without building anything) has seen
+# its end. The first bytes are still parsed as they come: a declared length over the limits at the
+# start of a message is refused at once.
+_HEAD = 5
+
 
 class ProtocolError(Exception):
     """The peer sent something that is not the forward protocol (or breaks a limit): close the
@@ -78,7 +87,9 @@ class DecoderLimits:
 
     ``max_array_len`` / ``max_map_len``: msgpack's C unpacker allocates a declared length before
     the elements arrive, so five bytes could ask for hundreds of MiB. A request holds at most a few
-    thousand entries in practice (Fluent Bit: one chunk; Fluentd: one buffer chunk).
+    thousand entries in practice (Fluent Bit: one chunk; Fluentd: one buffer chunk). Within these
+    limits it still builds each container as its header arrives (see ``_HEAD``), which is why the
+    decoder parses a request only once it is whole.
 
     ``max_str_len`` / ``max_bin_len``: bounded by the request size anyway; kept explicit so the
     unpacker never trusts a declared length beyond what could arrive.
@@ -193,6 +204,12 @@ class Decoder:
         self.limits = limits
         self.skip_invalid_event = skip_invalid_event
         self._unpacker = limits.unpacker(limits.chunk_size_limit)
+        # Fed the same bytes; skips whole messages without building them (see _HEAD and _unpack).
+        # It keeps only what it has not skipped yet: a small first buffer (it grows as needed).
+        self._framer: msgpack.Unpacker | None = msgpack.Unpacker(
+            read_size=min(16384, limits.chunk_size_limit), max_buffer_size=limits.chunk_size_limit
+        )
+        self._framed = False  # the framer has seen the end of the message being decoded
         self._last_offset = 0  # stream offset where the message being decoded starts
         self._fed = 0  # bytes fed to the unpacker so far
         # Messages already split off by receive_data (see there), with their wire sizes, and the
@@ -214,8 +231,7 @@ class Decoder:
             return  # the stream is already broken: the caller is closing it
         limit = self.limits.chunk_size_limit
         if len(data) <= limit - (self._fed - self._last_offset):
-            self._unpacker.feed(data)  # the common case: fits in what the current message may use
-            self._fed += len(data)
+            self._feed(data)  # the common case: fits in what the current message may use
             return
         # More bytes than the current message may still grow by: they may hold its end and whole
         # messages after it. Feed no more than the room left, split off what completes (kept in
@@ -226,7 +242,7 @@ class Decoder:
             # asked for), so that the room below counts only the message in progress.
             while True:
                 try:
-                    message = self._unpacker.unpack()
+                    message = self._unpack()
                 except msgpack.OutOfData:
                     break
                 except (ValueError, TypeError, OverflowError) as exc:
@@ -240,9 +256,33 @@ class Decoder:
                 self._fail(ProtocolError(f"request larger than chunk_size_limit ({limit} bytes)"))
                 return
             piece = view[:room]
-            self._unpacker.feed(piece)
-            self._fed += len(piece)
+            self._feed(piece)
             view = view[len(piece):]
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        self._unpacker.feed(data)
+        self._fed += len(data)
+        if self._framer is not None:
+            try:
+                self._framer.feed(data)
+            except Exception:
+                self._framer = None  # never expected (it holds no more than the unpacker); parse as it comes
+
+    def _unpack(self) -> Any:
+        """The next message from the unpacker; :class:`msgpack.OutOfData` while it is incomplete
+        (and more than its first ``_HEAD`` bytes have arrived: those are parsed as they come)."""
+        framer = self._framer
+        if framer is not None and not self._framed:
+            try:
+                framer.skip()  # a malformed message raises here as it would below (nothing built)
+            except msgpack.OutOfData:
+                if self._fed - self._last_offset > _HEAD:
+                    raise
+            else:
+                self._framed = True
+        message = self._unpacker.unpack()
+        self._framed = False
+        return message
 
     def _fail(self, error: ProtocolError) -> None:
         """Raise ``error`` now, or after the messages decoded before it have been handed out (they
@@ -266,7 +306,7 @@ class Decoder:
             raise self._error
         else:
             try:
-                message = self._unpacker.unpack()
+                message = self._unpack()
             except msgpack.OutOfData:
                 return NEED_DATA
             except (ValueError, TypeError, OverflowError) as exc:
@@ -429,18 +469,37 @@ def _ping(message: list) -> Ping:
 def _gunzip(data: bytes, cap: int) -> bytes:
     """Every gzip member, concatenated, refusing more than ``cap`` bytes of output."""
     out = bytearray()
-    while data:
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out += inflater.decompress(data, cap - len(out) + 1)
-        except zlib.error as exc:
-            raise ProtocolError(f"bad gzip data: {exc}") from None
-        if len(out) > cap or inflater.unconsumed_tail:
-            raise ProtocolError(f"gzip data inflates past decompression_size_limit ({cap} bytes)")
+        for piece in _pieces(view, pos):
+            pos += len(piece)
+            try:
+                out += inflater.decompress(piece, cap - len(out) + 1)
+            except zlib.error as exc:
+                raise ProtocolError(f"bad gzip data: {exc}") from None
+            if len(out) > cap or inflater.unconsumed_tail:
+                raise ProtocolError(f"gzip data inflates past decompression_size_limit ({cap} bytes)")
+            if inflater.eof:
+                break
         if not inflater.eof:
             raise ProtocolError("gzip data ends in the middle of a member")
-        data = inflater.unused_data
+        pos -= len(inflater.unused_data)
     return bytes(out)
+
+
+def _pieces(view: memoryview, pos: int):
+    """``view[pos:]`` in pieces that double from 64 bytes (slices, not copies). A decompressor
+    copies what follows the end of its member (``unused_data``); fed the whole rest at once, that
+    copy made a request of many small members (or frames) quadratic: 4 MiB of empty gzip members
+    kept the event loop busy for 8 s, 32 MiB for hours. Fed in doubling pieces, what is copied at a
+    member's end is never more than the member's own size plus 64 bytes."""
+    size = 64
+    while pos < len(view):
+        yield view[pos : pos + size]
+        pos += size
+        size = min(size * 2, 1 << 20)
 
 
 _ZSTD = zstandard.ZstdDecompressor()
@@ -457,12 +516,18 @@ def _unzstd(data: bytes, cap: int) -> bytes:
             if len(reader.read(cap + 1)) > cap:
                 raise ProtocolError(f"zstd data inflates past decompression_size_limit ({cap} bytes)")
         out = bytearray()
-        while data:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
             frame = _ZSTD.decompressobj()
-            out += frame.decompress(data)
+            for piece in _pieces(view, pos):
+                pos += len(piece)
+                out += frame.decompress(piece)
+                if frame.eof:
+                    break
             if not frame.eof:
                 raise ProtocolError("zstd data ends in the middle of a frame")
-            data = frame.unused_data
+            pos -= len(frame.unused_data)
     except zstandard.ZstdError as exc:
         raise ProtocolError(f"bad zstd data: {exc}") from None
     return bytes(out)

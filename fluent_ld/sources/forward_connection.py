@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 # beyond that stay undecoded in the decoder (at most one read plus one request) until there is room.
 MAX_PENDING_REQUESTS = 4
 
+# A connection the server closes (idle, malformed, refused handshake, half-closed by its client)
+# first flushes what it still has to write (its last acks). A client that never reads them kept it
+# open for good, and with it a max_connections slot. Past this many seconds it is dropped: those
+# acks are lost and the client sends the records again, as for any ack it did not get.
+CLOSE_TIMEOUT = 10.0
+
 
 class ForwardConnection(asyncio.Protocol):
     def __init__(self, source: ForwardSource) -> None:
@@ -51,6 +57,7 @@ class ForwardConnection(asyncio.Protocol):
         self.closing = False  # no more reading nor decoding: finishing what is pending
         self.last_activity = time.monotonic()
         self.handshake_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -103,6 +110,8 @@ class ForwardConnection(asyncio.Protocol):
             self.lost_waiter.set_result(None)
         if self.handshake_timer:
             self.handshake_timer.cancel()
+        if self.close_timer:
+            self.close_timer.cancel()
         # Requests that arrived whole before a reset are still admitted (not acked: there is no one
         # to ack). Until they are, the connection stays in the source's set, so that shutdown waits
         # for them and max_connections bounds the memory they hold (before, a client could reset
@@ -335,6 +344,17 @@ class ForwardConnection(asyncio.Protocol):
         self.closing = True
         if self.transport and not self.transport.is_closing():
             self.transport.close()
+            if not self.lost and not self.draining:  # at shutdown, drain_and_close bounds it
+                self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        if not self.lost and self.transport:
+            self.source.log.warning(
+                "Dropping the connection from %s: it did not read its last acks within %ss of being closed.",
+                self.peer,
+                CLOSE_TIMEOUT,
+            )
+            self.transport.abort()
 
     async def drain_and_close(self, timeout: float) -> None:
         """At shutdown: stop reading, let the requests already received be admitted and acked
