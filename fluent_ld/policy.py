@@ -84,16 +84,21 @@ class _Malformed(ValueError):
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` any run of characters (possibly empty), ``?`` exactly one, everything else literal."""
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.DOTALL)
+    """``*`` any run of characters (possibly empty), ``?`` exactly one, everything else literal.
+
+    For ``fullmatch``. Each piece between two stars is matched at its first occurrence, inside an
+    atomic group (never retried further on): a glob matches iff that placement does, and the time
+    stays within the name's length times the pattern's. Plain ``.*`` per star backtracked to the
+    power of the stars (``*-*-*-*-x`` against a name of 400 dashes took 4 s, on the event loop)."""
+
+    def literal(piece: str) -> str:
+        return "".join("." if char == "?" else re.escape(char) for char in piece)
+
+    first, *middle, last = pattern.split("*") if "*" in pattern else (pattern, None)
+    if last is None:
+        return re.compile(literal(first), re.DOTALL)
+    regex = literal(first) + "".join(f"(?>.*?{literal(piece)})" for piece in middle) + ".*" + literal(last)
+    return re.compile(regex, re.DOTALL)
 
 
 @dataclass(frozen=True)

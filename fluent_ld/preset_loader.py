@@ -24,14 +24,19 @@ def load_preset(name_or_path: str, base_dir: str = ".") -> Preset:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL or lone surrogate in the name
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a usable file name"
+            if isinstance(exc, UnicodeDecodeError):
+                reason = f"not UTF-8 text (byte {exc.start})"
             raise PresetError(
                 f"preset {name_or_path!r} is neither a built-in preset ({', '.join(BUILTIN_PRESETS)}) "
-                f"nor a readable file: {exc.strerror}"
+                f"nor a readable file: {reason}"
             ) from None
         source = path
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PresetError(f"{source}: not JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise PresetError(f"{source}: not a preset: nested too deeply") from None
     return preset_from_dict(data, source)

@@ -185,7 +185,10 @@ class Size(ParamType):
         m = _SIZE.fullmatch(value.text.strip())
         if not m:
             raise ValueError(f"expected a size such as 512k, 8m or 1g, got {value.text!r}")
-        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+        n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if not math.isfinite(n):  # hundreds of digits read as float infinity
+            raise ValueError(f"expected a finite size, got {value.text!r}")
+        n = int(n)
         _bounded("the size", n, self.min, self.max, render_size)
         return n
 
@@ -213,6 +216,8 @@ class Time(ParamType):
         if not m:
             raise ValueError(f"expected a duration such as 500ms, 10s, 5m or 1h, got {value.text!r}")
         n = float(m.group(1)) * _TIME_UNITS[(m.group(2) or "").lower()]
+        if not math.isfinite(n):  # hundreds of digits read as float infinity
+            raise ValueError(f"expected a finite duration, got {value.text!r}")
         _bounded("the duration", n, self.min, self.max, render_time)
         return n
 
@@ -316,6 +321,8 @@ class JSONValue(ParamType):
             return json.loads(value.text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON: {exc.msg}") from None
+        except RecursionError:  # a quoted value nested deeper than the decoder goes
+            raise ValueError("invalid JSON: nested too deeply") from None
 
     def render(self, value: Any) -> str:
         return json.dumps(value)
@@ -326,6 +333,8 @@ def _json_text(text: str, kind: type, what: str) -> Any:
         decoded = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON {what}: {exc.msg}") from None
+    except RecursionError:  # a quoted value nested deeper than the decoder goes
+        raise ValueError(f"invalid JSON {what}: nested too deeply") from None
     if not isinstance(decoded, kind):
         raise ValueError(f"expected a JSON {what}")
     return decoded

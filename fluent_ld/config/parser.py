@@ -50,8 +50,11 @@ _LINE_END = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r\n|\r|\n|\Z)")
 # Fluentd's SPACING: any run of whitespace and whole-line comments.
 _SPACING = re.compile(r"(?:[ \t\r\n]+|#[^\r\n]*)*")
 _ENV_INDEX = re.compile(r"""\s*ENV\s*\[\s*(['"])([^'"]*)\1\s*\]\s*\Z""")
+# In the default, a backslash always escapes the next character ("[^\\]", not "."): with both
+# alternatives able to take a backslash, a run of them was split every possible way before a
+# mismatch was reported (exponential: 40 backslashes hung the parser).
 _ENV_FETCH = re.compile(
-    r"""\s*ENV\.fetch\s*\(\s*(['"])([^'"]*)\1\s*(?:,\s*(['"])((?:\\.|(?!\3).)*)\3\s*)?\)\s*\Z"""
+    r"""\s*ENV\.fetch\s*\(\s*(['"])([^'"]*)\1\s*(?:,\s*(['"])((?:\\.|(?!\3)[^\\])*)\3\s*)?\)\s*\Z"""
 )
 _HOSTNAME = re.compile(r"""\s*(?:Socket\.gethostname|hostname)\s*\Z""")
 
@@ -289,12 +292,18 @@ class _Parser:
         out = []
         while not self.eof():
             c = self.peek()
-            if c == "#":  # a '#' inside a word is part of it; only ' #' starts a comment
-                out.append(self.advance(1))
-                continue
-            if _LINE_END.match(self.text, self.pos):
+            if c in " \t":
+                # Blanks end the value when a comment, a line break or the end follows them. Each
+                # run is looked at once: matching _LINE_END at every blank was quadratic (a value
+                # with 40,000 blanks inside took 17 s).
+                end = _HSPACE.match(self.text, self.pos).end()
+                if end == len(self.text) or self.text[end] in "#\r\n":
+                    break
+                out.append(self.advance(end - self.pos))
+            elif c in "\r\n":
                 break
-            out.append(self.advance(1))
+            else:  # a '#' inside a word is part of it; only ' #' starts a comment
+                out.append(self.advance(1))
         return "".join(out)
 
     def scan_quoted(self, multiline: bool = False) -> str:

@@ -155,6 +155,8 @@ def _validate_plugin(
             pattern = MatchPattern(element.arg)
         except PatternError as exc:
             errors.append(ConfigError(element.where, f"{head}: {exc}"))
+        except RecursionError:  # {...} or regex groups nested past what re.compile can take
+            errors.append(ConfigError(element.where, f"{head}: the pattern is nested too deeply"))
     elif element.arg:
         errors.append(ConfigError(element.where, f"<source> takes no argument, got {element.arg!r}"))
 
@@ -222,5 +224,5 @@ def _check_shared(sources: list[PluginConf], specs: Mapping[str, PluginSpec], wo
         names = {param.name for param in spec.section.params}
         if "path" in names and p.conf.is_given("path"):
             errors.append(ConfigError(p.conf.where_of("path"), f"{p.label}: a Unix socket cannot be shared by {workers} workers; listen on a TCP port, or run one worker"))
-        elif "port" in names and p.conf.port == 0:
+        elif "port" in names and getattr(p.conf, "port", None) == 0:  # missing when the value was refused
             errors.append(ConfigError(p.conf.where_of("port"), f"{p.label}: port 0 (any free port) cannot be shared by {workers} workers; set a port"))

@@ -43,6 +43,9 @@ TRANSPORT = Section(
 )
 
 RETRY_AFTER_SECONDS = 5
+# The latest ``date`` (Unix ms) every output can carry: the forward protocol's EventTime holds
+# 32-bit seconds (February 2106). Later dates would fail at the output, answered 500 forever.
+MAX_DATE_MS = (2**32 - 1) * 1000 + 999
 # Stat names -> the outcome label of fluentld_webhook_requests_total.
 _OUTCOMES = {"duplicates": "duplicate", "admit_failures": "admit_failure"}
 
@@ -170,7 +173,8 @@ class LaunchDarklyWebhookSource(Source):
         if self.secret is not None:
             given = request.headers.get("X-LD-Signature", "")
             expected = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
+            # "replace": a header may carry any byte (aiohttp decodes it with surrogateescape).
+            if not hmac.compare_digest(given.strip().lower().encode("utf-8", "replace"), expected.encode()):
                 self.count("bad_signature")
                 self.log.warning("Refused a webhook from %s: %s X-LD-Signature.", request.remote, "wrong" if given else "no")
                 return web.json_response({"error": "invalid signature"}, status=401)
@@ -254,6 +258,8 @@ def _parse_entry(body: bytes) -> tuple[dict | None, str]:
         return None, "no '_id'"
     if type(entry.get("date")) is not int or entry["date"] < 0:
         return None, "no 'date' in Unix milliseconds"
+    if entry["date"] > MAX_DATE_MS:
+        return None, "'date' is out of range (after February 2106)"
     accesses = entry.get("accesses", [])
     if type(accesses) is not list or not all(type(a) is dict for a in accesses):
         return None, "'accesses' is not a list of objects"
