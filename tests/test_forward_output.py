@@ -137,3 +137,18 @@ def test_tls_to_the_receiver(tmp_path, pki):
     ) as a:
         assert webhook(a, 7) == 200
         assert b.wait_records(1)[0][2]["_id"] == "id-7"
+
+
+def test_a_time_past_2106_is_a_dead_letter_not_a_crash(tmp_path):
+    """EventTime holds 32-bit seconds: a record timed later cannot be forwarded; it becomes a dead
+    letter while the rest of its request is stored."""
+    import asyncio
+
+    port = free_port()
+    with RunningNode(
+        f"<match **>\n  @type forward\n  {server(port)}\n  <buffer>\n    path {tmp_path}\n  </buffer>\n</match>\n"
+    ) as node:
+        output = node.node.outputs[0][1]
+        entries = [(2**32 * 10**9, {"late": True}), (1_700_000_000 * 10**9, {"ok": True})]
+        asyncio.run_coroutine_threadsafe(output.admit("app.x", entries), node.loop).result(10)
+        assert output.store.pending_events == 1 and output.store.dead_letter_count == 1

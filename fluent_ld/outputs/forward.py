@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import ssl
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -154,7 +155,7 @@ class ForwardOutput(Output):
         for time_ns, record in entries:
             try:
                 fragments.append(pack([encode_event_time(time_ns), record]))
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:  # struct: a time past 2106
                 dead.append(DeadLetter("invalid", f"cannot be encoded as msgpack: {exc}", None, tag, time_ns, repr(record).encode()))
         if fragments or dead:
             lengths = [len(f) for f in fragments]
