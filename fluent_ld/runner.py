@@ -20,7 +20,7 @@ from fluent_ld.config.schema import NodeConfig
 from fluent_ld.node import Node
 from fluent_ld.plugin import StartError
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "load_for_reload"]
 
 log = logging.getLogger("fluent_ld.runner")
 
@@ -65,19 +65,8 @@ class Runner:
         if self._stop is None or self._stop.is_set():
             log.warning("Reload ignored: the node is not running (starting up or stopping).")
             return False
-        log.info("Reloading the config from %s.", self.path)
-        try:
-            config = load(self.path)
-        except ConfigErrors as exc:
-            for error in exc.errors:
-                log.error("Reload refused: %s", error)
-            log.error("Reload refused (%d error(s)); the running config is kept.", len(exc.errors))
-            return False
-        if config.system.workers != self.node.workers:
-            log.error(
-                "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
-                self.node.workers, config.system.workers,
-            )
+        config = load_for_reload(self.path, self.node.workers)
+        if config is None:
             return False
         try:
             new = Node(config, self.worker)
@@ -108,6 +97,26 @@ class Runner:
         self.reloads += 1
         log.info("Reloaded: %s.", new.config.summary())
         return True
+
+
+def load_for_reload(path: str, workers: int) -> NodeConfig | None:
+    """The config file as it is now, checked; None (every reason logged, the running config kept)
+    if it is refused or changes ``<system> workers``, which needs a restart."""
+    log.info("Reloading the config from %s.", path)
+    try:
+        config = load(path)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            log.error("Reload refused: %s", error)
+        log.error("Reload refused (%d error(s)); the running config is kept.", len(exc.errors))
+        return None
+    if config.system.workers != workers:
+        log.error(
+            "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
+            workers, config.system.workers,
+        )
+        return None
+    return config
 
 
 def _freeze() -> None:

@@ -27,10 +27,9 @@ import time
 from prometheus_client.multiprocess import mark_process_dead
 
 from fluent_ld import metrics
-from fluent_ld.config.errors import ConfigErrors
-from fluent_ld.config.loader import load
 from fluent_ld.config.schema import NodeConfig
 from fluent_ld.plugin import StartError
+from fluent_ld.runner import load_for_reload
 
 __all__ = ["Supervisor"]
 
@@ -126,19 +125,8 @@ class Supervisor:
         async with self._lock:
             if self.stopping:
                 return False
-            log.info("Reloading the config from %s.", self.path)
-            try:
-                config = load(self.path)
-            except ConfigErrors as exc:
-                for error in exc.errors:
-                    log.error("Reload refused: %s", error)
-                log.error("Reload refused (%d error(s)); the running config is kept.", len(exc.errors))
-                return False
-            if config.system.workers != len(self.workers):
-                log.error(
-                    "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
-                    len(self.workers), config.system.workers,
-                )
+            config = load_for_reload(self.path, len(self.workers))
+            if config is None:
                 return False
             ok = True
             for worker in self.workers:  # one at a time: the others keep serving the port

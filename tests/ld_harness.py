@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import textwrap
 import threading
 import time
@@ -95,3 +96,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_node(console_script: str, conf: str, port: int, log) -> subprocess.Popen:
+    """``fluent-ld run -c conf`` as a process, once it listens on ``port``. Its log goes to the
+    open file ``log`` (a pipe nobody reads would stall a node that logs a lot)."""
+    proc = subprocess.Popen([console_script, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"the node exited with {proc.returncode}; see {log.name}")
+            time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the node did not start listening")

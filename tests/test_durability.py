@@ -5,16 +5,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-from fluent_ld.ldserver import LaunchDarklyServer
 from harness import RawClient, forward_request
-from ld_harness import ServerThread, free_port, ld_config
+from ld_harness import ServerThread, free_port, ld_config, start_node as start_with_log
 
 TOKEN = "api-test-token"
 
@@ -27,18 +25,7 @@ def node_config(tmp_path, url: str, port: int) -> str:
 
 
 def start_node(console_script, conf: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([console_script, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read())
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the node did not start listening")
+    return start_with_log(console_script, conf, port, open(os.path.join(os.path.dirname(conf), "node.log"), "a"))
 
 
 def record(n: int) -> dict:

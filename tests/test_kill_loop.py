@@ -13,9 +13,7 @@ random moments (the seed is printed, so a failure can be replayed).
 import os
 import random
 import signal
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 
@@ -23,7 +21,7 @@ import msgpack
 
 from fluent_ld.ldserver import Fault, LaunchDarklyServer
 from harness import RawClient
-from ld_harness import TOKEN, ServerThread, free_port, ld_config
+from ld_harness import TOKEN, ServerThread, free_port, ld_config, start_node
 
 KILLS = int(os.environ.get("FLUENT_LD_KILLS", "20"))
 SEED = int(os.environ.get("FLUENT_LD_SEED", str(random.randrange(1 << 30))))
@@ -76,21 +74,6 @@ class Loader(threading.Thread):
             client.close()
 
 
-def start(console_script, conf: str, port: int, log) -> subprocess.Popen:
-    proc = subprocess.Popen([console_script, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"the node exited with {proc.returncode}; see {log.name}")
-            time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the node did not start listening")
-
-
 def test_every_acked_event_survives_random_sigkills(console_script, tmp_path):
     print(f"kill loop: {KILLS} kills, FLUENT_LD_SEED={SEED}")
     rng = random.Random(SEED)
@@ -101,7 +84,7 @@ def test_every_acked_event_survives_random_sigkills(console_script, tmp_path):
     with ServerThread(server) as ld, open(tmp_path / "node.log", "w") as log:
         conf = tmp_path / "node.conf"
         conf.write_text(ld_config(ld.url, str(tmp_path / "store"), source=f"<source>\n  @type forward\n  bind 127.0.0.1\n  port {port}\n</source>"))
-        proc = start(console_script, str(conf), port, log)
+        proc = start_node(console_script, str(conf), port, log)
         loaders = [Loader(port, 0, packed_request), Loader(port, 10_000_000, forward_request)]
         for loader in loaders:
             loader.start()
@@ -110,7 +93,7 @@ def test_every_acked_event_survives_random_sigkills(console_script, tmp_path):
                 time.sleep(rng.uniform(0.05, 0.5))  # a random moment of the load
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
-                proc = start(console_script, str(conf), port, log)
+                proc = start_node(console_script, str(conf), port, log)
             time.sleep(0.5)
         finally:
             for loader in loaders:

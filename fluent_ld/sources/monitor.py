@@ -73,20 +73,22 @@ class MonitorAgentSource(Source):
             await self._runner.cleanup()
             self._runner = None
 
-    async def _refresh(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async def _collect(self, fn):
+        """``fn(registry)`` with this worker's gauges brought up to date first (the other workers
+        refresh theirs every second); off the event loop: across workers it reads every worker's
+        metric files."""
         refresh = getattr(self.emitter, "refresh_metrics", None)
         if refresh is not None:
-            await refresh()  # this worker's gauges now; the others refresh theirs every second
-        # Off the event loop: across workers this reads every worker's metric files.
-        return await asyncio.to_thread(metrics.samples, self.registry)
+            await refresh()
+        return await asyncio.to_thread(fn, self.registry)
+
+    async def _refresh(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        return await self._collect(metrics.samples)
 
     # -- endpoints -----------------------------------------------------------------------------------
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        refresh = getattr(self.emitter, "refresh_metrics", None)
-        if refresh is not None:
-            await refresh()
-        body = await asyncio.to_thread(generate_latest, self.registry)
+        body = await self._collect(generate_latest)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
