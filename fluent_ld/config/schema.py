@@ -24,6 +24,7 @@ SYSTEM = Section(
         Param("log_level", Enum(*LOG_LEVELS), "info", "The lowest level of log lines the node writes."),
         Param("log_format", Enum("text", "json"), "text", "Log lines as readable text, or one JSON object per line."),
         Param("workers", Integer(1, 64), 1, "Worker processes; they share the forward port (SO_REUSEPORT) and each keeps its own stores."),
+        Param("pool_size", Integer(0, 256), None, "Processes per worker that decode, validate, map and encode records off the event loop (default: the cores available divided by workers; 0: all on the event loop)."),
     ),
 )
 

@@ -26,6 +26,7 @@ import struct
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -35,6 +36,7 @@ __all__ = [
     "NEED_DATA",
     "DecoderLimits",
     "Decoder",
+    "Frame",
     "Heartbeat",
     "Ping",
     "ProtocolError",
@@ -43,6 +45,7 @@ __all__ = [
     "encode_event_time",
     "encode_helo",
     "encode_pong",
+    "open_request",
 ]
 
 
@@ -60,15 +63,16 @@ GROUP_END = 0xFFFFFFFE
 SIGNAL_NAMES = {0: "logs", 1: "metrics", 2: "traces"}
 NS = 1_000_000_000
 
-# How much of a message still incomplete the unpacker may parse. msgpack builds each container as
-# soon as its header arrives (for a large declared length, a list of ~64 KiB) and holds what it
-# built until the message is whole: a thousand nested array headers (5 KB, the unpacker's depth
-# limit) held ~66 MB per connection, for as long as the client kept the message incomplete. So
-# the rest of a message is parsed once a framer (which skips without building anything) has seen
-# its end. The first bytes are still parsed as they come: a declared length over the limits at the
-# start of a message is refused at once.
+# The first bytes of a message are parsed as soon as they arrive, so that a declared length over the
+# limits at the start of a message (an array of 2**32 - 1 elements) is refused at once. The rest is
+# only framed (skipped without building anything) until the message is whole: msgpack builds each
+# container as soon as its header arrives (for a large declared length, a list of ~64 KiB), so a
+# thousand nested array headers (5 KB) would hold ~66 MB per connection for as long as the client
+# kept the message incomplete.
 _HEAD = 5
-
+# Packed entries are fed to their unpacker in pieces this big: decoding streams through the payload
+# (cache-friendly) instead of copying all of it into the unpacker first.
+_FEED = 256 * 1024
 
 class ProtocolError(Exception):
     """The peer sent something that is not the forward protocol (or breaks a limit): close the
@@ -134,13 +138,30 @@ class Ping:
     password_digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A request whose framing has been checked (it is one whole msgpack message, an array whose
+    first element is a valid tag) but which is not decoded yet: :func:`open_request` decodes it,
+    wherever that is cheapest (on the event loop for small ones, in a pool process for the rest).
+    ``data`` is the whole message as it came on the wire."""
+
+    tag: str
+    data: bytes
+    wire_size: int
+
+
 @dataclass(slots=True)
 class Request:
     """One request: the events it carries (time in integer nanoseconds, record), its ack token
-    (``chunk``, exactly as sent: str or bytes) and what was skipped."""
+    (``chunk``, exactly as sent: str or bytes) and what was skipped.
+
+    From :meth:`Decoder.next_event` ``entries`` is a list. From :func:`open_request` it is an
+    iterator that decodes one entry at a time from the payload; ``invalid`` and ``markers`` are
+    final once it is exhausted, and a payload broken in its middle raises :class:`ProtocolError`
+    from the iteration."""
 
     tag: str
-    entries: list[tuple[int, dict[str, Any]]]
+    entries: Any  # list[tuple[int, dict]] or an iterator of them
     chunk: str | bytes | None = None
     mode: str = "forward"
     wire_size: int = 0
@@ -197,40 +218,39 @@ def _time_ns(value: Any, now_ns: int) -> int | None:
 
 
 class Decoder:
-    """Decodes one connection's byte stream. ``skip_invalid_event``: skip and count an invalid
-    entry (True) or treat it as a protocol error (False)."""
+    """Frames one connection's byte stream into messages. ``skip_invalid_event``: skip and count an
+    invalid entry (True) or treat it as a protocol error (False). ``lazy``: hand out requests as
+    :class:`Frame` (the caller decodes them with :func:`open_request`) instead of decoded
+    :class:`Request` objects."""
 
-    def __init__(self, limits: DecoderLimits = DecoderLimits(), skip_invalid_event: bool = True) -> None:
+    def __init__(self, limits: DecoderLimits = DecoderLimits(), skip_invalid_event: bool = True, lazy: bool = False) -> None:
         self.limits = limits
         self.skip_invalid_event = skip_invalid_event
-        self._unpacker = limits.unpacker(limits.chunk_size_limit)
-        # Fed the same bytes; skips whole messages without building them (see _HEAD and _unpack).
-        # It keeps only what it has not skipped yet: a small first buffer (it grows as needed).
-        self._framer: msgpack.Unpacker | None = msgpack.Unpacker(
+        self.lazy = lazy
+        # Fed every byte; finds where each message ends without building anything. It keeps only
+        # what it has not skipped yet: a small first buffer (it grows as needed).
+        self._framer = msgpack.Unpacker(
             read_size=min(16384, limits.chunk_size_limit), max_buffer_size=limits.chunk_size_limit
         )
-        self._framed = False  # the framer has seen the end of the message being decoded
-        self._last_offset = 0  # stream offset where the message being decoded starts
-        self._fed = 0  # bytes fed to the unpacker so far
+        self._buf = bytearray()  # the stream from the start of the message being framed
+        self._start = 0  # stream offset of self._buf[0], where the message being framed starts
+        self._fed = 0  # bytes fed so far
+        self._head_checked = False  # the first bytes of the message being framed were checked
         # Messages already split off by receive_data (see there), with their wire sizes, and the
         # error that followed them: handed out by next_event in stream order.
-        self._ahead: deque[tuple[Any, int]] = deque()
+        self._ahead: deque[bytes] = deque()
         self._error: ProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the stream. Raises :class:`ProtocolError` at once when the message in
         progress grows past ``chunk_size_limit`` (and nothing decoded precedes it).
 
-        The limit is on the bytes of one message, counted from its first byte. The unpacker's own
-        ``max_buffer_size`` cannot be the limit: it counts only the bytes not yet parsed, so (1) a
-        request trickled in as many small elements was never limited at all (the unpacker parses
-        them into objects as they come: a 1 MB request passed a 1 KiB limit), and (2) one read
-        holding the end of a request and the next pipelined ones was refused as "too large" although
-        every request in it was within the limit."""
+        The limit is on the bytes of one message, counted from its first byte: a read holding the
+        end of a request and the next pipelined ones is within the limit when each request is."""
         if self._error is not None:
             return  # the stream is already broken: the caller is closing it
         limit = self.limits.chunk_size_limit
-        if len(data) <= limit - (self._fed - self._last_offset):
+        if len(data) <= limit - (self._fed - self._start):
             self._feed(data)  # the common case: fits in what the current message may use
             return
         # More bytes than the current message may still grow by: they may hold its end and whole
@@ -238,20 +258,18 @@ class Decoder:
         # self._ahead, bounded by this one read), and go on until all is fed or a message is too big.
         view = memoryview(data)
         while True:
-            # First what is whole in the unpacker (including messages fed earlier and not yet
-            # asked for), so that the room below counts only the message in progress.
             while True:
                 try:
-                    message = self._unpack()
+                    message = self._frame()
                 except msgpack.OutOfData:
                     break
-                except (ValueError, TypeError, OverflowError) as exc:
-                    self._fail(ProtocolError(f"malformed msgpack: {exc}"))
+                except ProtocolError as exc:
+                    self._fail(exc)
                     return
-                self._ahead.append((message, self._advance()))
+                self._ahead.append(message)
             if not view:
                 return
-            room = limit - (self._fed - self._last_offset)
+            room = limit - (self._fed - self._start)
             if room <= 0:
                 self._fail(ProtocolError(f"request larger than chunk_size_limit ({limit} bytes)"))
                 return
@@ -260,173 +278,255 @@ class Decoder:
             view = view[len(piece):]
 
     def _feed(self, data: bytes | memoryview) -> None:
-        self._unpacker.feed(data)
+        self._framer.feed(data)
+        self._buf += data
         self._fed += len(data)
-        if self._framer is not None:
-            try:
-                self._framer.feed(data)
-            except Exception:
-                self._framer = None  # never expected (it holds no more than the unpacker); parse as it comes
 
-    def _unpack(self) -> Any:
-        """The next message from the unpacker; :class:`msgpack.OutOfData` while it is incomplete
-        (and more than its first ``_HEAD`` bytes have arrived: those are parsed as they come)."""
-        framer = self._framer
-        if framer is not None and not self._framed:
-            try:
-                framer.skip()  # a malformed message raises here as it would below (nothing built)
-            except msgpack.OutOfData:
-                if self._fed - self._last_offset > _HEAD:
-                    raise
-            else:
-                self._framed = True
-        message = self._unpacker.unpack()
-        self._framed = False
+    def _frame(self) -> bytes:
+        """The next whole message's bytes; :class:`msgpack.OutOfData` while it is incomplete."""
+        if not self._head_checked:
+            if self._fed == self._start:
+                raise msgpack.OutOfData
+            self._check_head()
+        try:
+            self._framer.skip()
+        except msgpack.OutOfData:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ProtocolError(f"malformed msgpack: {exc}") from None
+        end = self._framer.tell()
+        size = end - self._start
+        if size == len(self._buf):  # the common case: nothing of the next message yet
+            message = bytes(self._buf)
+            self._buf.clear()
+        else:
+            message = bytes(self._buf[:size])
+            del self._buf[:size]  # O(1) at the front of a bytearray
+        self._start = end
+        self._head_checked = False
         return message
 
+    def _check_head(self) -> None:
+        """A declared length over the limits at the start of a message is refused before its
+        elements arrive (its first bytes are parsed as they come)."""
+        if self._fed - self._start < _LENGTH_BYTES.get(self._buf[0], 1):
+            raise msgpack.OutOfData  # the length is not whole yet: checked with more bytes
+        unpacker = self.limits.unpacker(self.limits.chunk_size_limit)
+        unpacker.feed(bytes(self._buf[:_HEAD]))
+        try:
+            unpacker.unpack()
+        except msgpack.OutOfData:
+            pass
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ProtocolError(f"malformed msgpack: {exc}") from None
+        self._head_checked = True
+
     def _fail(self, error: ProtocolError) -> None:
-        """Raise ``error`` now, or after the messages decoded before it have been handed out (they
+        """Raise ``error`` now, or after the messages framed before it have been handed out (they
         arrived whole: the caller must get them before it closes the connection)."""
         self._error = error
         if not self._ahead:
             raise error
 
-    def _advance(self) -> int:
-        """After a whole message: its wire size; the next one starts here."""
-        offset = self._unpacker.tell()
-        wire_size = offset - self._last_offset
-        self._last_offset = offset
-        return wire_size
-
-    def next_event(self, now_ns: int) -> Request | Heartbeat | Ping | Any:
+    def next_event(self, now_ns: int) -> Request | Frame | Heartbeat | Ping | Any:
         """The next complete message, or :data:`NEED_DATA`. ``now_ns`` is used for time 0/nil."""
         if self._ahead:
-            message, wire_size = self._ahead.popleft()
+            message = self._ahead.popleft()
         elif self._error is not None:
             raise self._error
         else:
             try:
-                message = self._unpack()
+                message = self._frame()
             except msgpack.OutOfData:
                 return NEED_DATA
-            except (ValueError, TypeError, OverflowError) as exc:
-                # ExtraData, FormatError, StackError and the limit errors are ValueErrors too.
-                self._error = ProtocolError(f"malformed msgpack: {exc}")
-                raise self._error from None
-            wire_size = self._advance()
-        if message is None:
-            return Heartbeat()
-        if type(message) is not list:
-            raise ProtocolError(f"a request must be an array, got {type(message).__name__}")
-        if message and message[0] == "PING" and len(message) == 6:
-            return _ping(message)
-        return self._request(message, wire_size, now_ns)
-
-    def _request(self, message: list, wire_size: int, now_ns: int) -> Request:
-        if len(message) < 2:
-            raise ProtocolError(f"a request needs a tag and entries, got {len(message)} element(s)")
-        tag = message[0]
-        if type(tag) is bytes:
-            tag = tag.decode("utf-8", "surrogateescape")
-        if type(tag) is not str or not tag:
-            raise ProtocolError("the tag must be a non-empty string")
-        try:
-            tag.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError("the tag is not valid UTF-8") from None
-        body = message[1]
-        kind = type(body)
-        if kind is list:
-            option = _option(message, 2)
-            entries = message[1]
-            mode = "forward"
-        elif kind is str or kind is bytes:
-            option = _option(message, 2)
-            payload = body.encode("utf-8", "surrogateescape") if kind is str else body
-            compressed = option.get("compressed")
-            if compressed in (None, "text"):
-                mode = "packed_forward"
-            elif compressed == "gzip":
-                payload = _gunzip(payload, self.limits.decompression_size_limit)
-                mode = "compressed_packed_forward"
-            elif compressed == "zstd":
-                payload = _unzstd(payload, self.limits.decompression_size_limit)
-                mode = "compressed_packed_forward"
-            else:
-                raise ProtocolError(f"unknown compression {compressed!r}")
-            entries = self._unpack_entries(payload)
-        elif kind is int or kind is EventTime or kind is float or body is None:
-            if len(message) < 3:
-                raise ProtocolError("a Message mode request needs a record")
-            option = _option(message, 3)
-            entries = [[body, message[2]]]
-            mode = "message"
-        else:
-            raise ProtocolError(f"unknown request mode: element 1 is {kind.__name__}")
-
-        signal = option.get("fluent_signal", 0)
-        if signal not in (0, None):
-            name = SIGNAL_NAMES.get(signal, repr(signal))
-            raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
-
-        request = Request(tag, [], _chunk(option), mode, wire_size, option=option)
-        self._collect(request, entries, now_ns)
+            except ProtocolError as exc:
+                self._error = exc
+                raise
+        event = _head(message, self.limits)
+        if type(event) is not Frame or self.lazy:
+            return event
+        request = open_request(event, self.limits, self.skip_invalid_event, now_ns)
+        request.entries = list(request.entries)
         return request
 
-    def _unpack_entries(self, payload: bytes) -> list:
-        unpacker = self.limits.unpacker(len(payload) + 1)
+
+# How many bytes a container header takes whose length is not in its first byte.
+_LENGTH_BYTES = {0xDC: 3, 0xDD: 5, 0xDE: 3, 0xDF: 5}
+# What the first byte of a message that is not an array or nil holds, for the error message.
+_KINDS = {
+    **{b: "a map" for b in (*range(0x80, 0x90), 0xDE, 0xDF)},
+    **{b: "a string" for b in (*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB)},
+    **{b: "bytes" for b in (0xC4, 0xC5, 0xC6)},
+}
+# Where the payload of a str or bin element starts after its first byte.
+_STR_HEADER = {**{b: 1 for b in range(0xA0, 0xC0)}, 0xD9: 2, 0xDA: 3, 0xDB: 5, 0xC4: 2, 0xC5: 3, 0xC6: 5}
+_ARRAY_HEADER = {**{b: 1 for b in range(0x90, 0xA0)}, 0xDC: 3, 0xDD: 5}
+
+
+def _head(message: bytes, limits: DecoderLimits) -> Frame | Heartbeat | Ping:
+    """A whole message: a heartbeat, a PING, or a request framed with its tag (the rest is decoded
+    by :func:`open_request`)."""
+    if message == b"\xc0":
+        return Heartbeat()
+    first = message[0]
+    if first not in _ARRAY_HEADER:
+        raise ProtocolError(f"a request must be an array, got {_KINDS.get(first, 'a scalar')}")
+    unpacker = limits.unpacker(len(message))
+    unpacker.feed(message)
+    try:
+        size = unpacker.read_array_header()
+        if size < 2:
+            raise ProtocolError(f"a request needs a tag and entries, got {size} element(s)")
+        tag = unpacker.unpack()
+        if size == 6 and tag == "PING":
+            return _ping([tag, *(unpacker.unpack() for _ in range(5))])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"malformed msgpack: {exc}") from None
+    if type(tag) is bytes:
+        tag = tag.decode("utf-8", "surrogateescape")
+    if type(tag) is not str or not tag:
+        raise ProtocolError("the tag must be a non-empty string")
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("the tag is not valid UTF-8") from None
+    return Frame(tag, message, len(message))
+
+
+def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, now_ns: int) -> Request:
+    """Decode a framed request's mode and option; its entries come as an iterator that decodes one
+    at a time (see :class:`Request`). Raises :class:`ProtocolError` for a request that is not the
+    forward protocol."""
+    data = frame.data
+    unpacker = limits.unpacker(len(data))
+    unpacker.feed(data)
+    try:
+        size = unpacker.read_array_header()
+        unpacker.skip()  # the tag, already read by the framing
+        at = unpacker.tell()
+        first = data[at]
+        body: Any = None
+        if first in _ARRAY_HEADER or first in _STR_HEADER:
+            unpacker.skip()
+            body = memoryview(data)[at : unpacker.tell()]
+            option = _option(unpacker, size, 2)
+        else:
+            time = unpacker.unpack()
+            kind = type(time)
+            if not (kind is int or kind is EventTime or kind is float or time is None or time is GROUP_MARKER):
+                raise ProtocolError(f"unknown request mode: element 1 is {kind.__name__}")
+            if size < 3:
+                raise ProtocolError("a Message mode request needs a record")
+            record = unpacker.unpack()
+            option = _option(unpacker, size, 3)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"malformed msgpack: {exc}") from None
+
+    signal = option.get("fluent_signal", 0)
+    if signal not in (0, None):
+        name = SIGNAL_NAMES.get(signal, repr(signal))
+        raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
+    request = Request(frame.tag, (), _chunk(option), "forward", frame.wire_size, option=option)
+    if body is None:
+        request.mode = "message"
+        request.entries = _entries(request, iter(((time, record),)), skip_invalid_event, now_ns)
+    elif first in _ARRAY_HEADER:
+        request.entries = _entries(request, _stream(body[_ARRAY_HEADER[first]:], limits, "malformed msgpack"), skip_invalid_event, now_ns)
+    else:
+        payload = body[_STR_HEADER[first]:]
+        compressed = option.get("compressed")
+        if compressed in (None, "text"):
+            request.mode = "packed_forward"
+        elif compressed == "gzip":
+            payload = _gunzip(payload, limits.decompression_size_limit)
+            request.mode = "compressed_packed_forward"
+        elif compressed == "zstd":
+            payload = _unzstd(payload, limits.decompression_size_limit)
+            request.mode = "compressed_packed_forward"
+        else:
+            raise ProtocolError(f"unknown compression {compressed!r}")
+        request.entries = _entries(request, _stream(payload, limits, "malformed packed entries"), skip_invalid_event, now_ns)
+    return request
+
+
+def _stream(payload: bytes | memoryview, limits: DecoderLimits, what: str) -> Iterator[Any]:
+    """The msgpack objects concatenated in ``payload``, one at a time, fed in pieces.
+
+    A trailing nil is fed as a sentinel: it comes back as its own object, at the very end, only if
+    the last entry was whole (the unpacker's offset counts the bytes of an incomplete object too,
+    so it cannot tell)."""
+    total = len(payload)
+    unpacker = limits.unpacker(total + 1)
+    view = memoryview(payload)
+    pos = 0
+    while True:
         try:
-            unpacker.feed(payload)
-            # A trailing nil as a sentinel: it comes back as its own object only if the last entry
-            # was whole; a truncated entry swallows it (or stays incomplete). This lets the C
-            # iterator do the loop instead of Python.
-            unpacker.feed(b"\xc0")
-            entries = list(unpacker)
+            for obj in unpacker:
+                if obj is None and pos > total and unpacker.tell() == total + 1:
+                    return
+                yield obj
         except (ValueError, TypeError, OverflowError) as exc:
-            raise ProtocolError(f"malformed packed entries: {exc}") from None
-        if not entries or entries[-1] is not None or unpacker.tell() != len(payload) + 1:
+            raise ProtocolError(f"{what}: {exc}") from None
+        if pos > total:
             raise ProtocolError("packed entries end in the middle of an entry")
-        entries.pop()
-        return entries
+        if pos == total:
+            unpacker.feed(b"\xc0")
+            pos += 1
+        else:
+            piece = view[pos : pos + _FEED]
+            unpacker.feed(piece)
+            pos += len(piece)
 
-    def _collect(self, request: Request, entries: list, now_ns: int) -> None:
-        out = request.entries
-        append = out.append
-        for entry in entries:
-            # The common shape first: [time, record] with an EventTime or an integer.
-            if type(entry) is list and len(entry) == 2:
-                time, record = entry
-                if type(record) is dict:
+
+def _entries(request: Request, entries: Iterator[Any], skip_invalid_event: bool, now_ns: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """[time, record] entries as (nanoseconds, record); invalid ones and group markers are
+    counted on ``request`` and skipped (or, invalid ones, refused)."""
+    for entry in entries:
+        # The common shapes first: [time, record] with an EventTime or an integer, or Fluent Bit's
+        # [[EventTime, {metadata}], record].
+        if (type(entry) is list or type(entry) is tuple) and len(entry) == 2:
+            time, record = entry
+            if type(record) is dict:
+                kind = type(time)
+                if kind is list and time:
+                    time = time[0]
                     kind = type(time)
-                    if kind is EventTime and time:
-                        append((int(time), record))
-                        continue
-                    if kind is int and time > 0:
-                        append((time * NS, record))
-                        continue
-            self._collect_slow(request, entry, now_ns)
-
-    def _collect_slow(self, request: Request, entry: Any, now_ns: int) -> None:
-        if type(entry) is list and len(entry) >= 2:
-            time, record = entry[0], entry[1]
-            if type(time) is list and time:  # v1.5: [EventTime, {metadata}]
-                time = time[0]
-            if time is GROUP_MARKER:
-                request.markers += 1
-                return
-            time_ns = _time_ns(time, now_ns)
-            if time_ns is not None and type(record) is dict:
-                request.entries.append((time_ns, record))
-                return
-        if not self.skip_invalid_event:
-            raise ProtocolError("invalid entry (expected [time, record]) and skip_invalid_event is false")
-        request.invalid += 1
+                if kind is EventTime and time:
+                    yield int(time), record
+                    continue
+                if kind is int and time > 0:
+                    yield time * NS, record
+                    continue
+        time_ns = _slow_entry(request, entry, skip_invalid_event, now_ns)
+        if time_ns is not None:
+            yield time_ns, entry[1]
 
 
-def _option(message: list, index: int) -> dict[str, Any]:
-    if len(message) <= index or message[index] is None:
+def _slow_entry(request: Request, entry: Any, skip_invalid_event: bool, now_ns: int) -> int | None:
+    """The time of an entry off the common path, or None when it is skipped (counted)."""
+    if (type(entry) is list or type(entry) is tuple) and len(entry) >= 2:
+        time, record = entry[0], entry[1]
+        if type(time) is list and time:  # v1.5: [EventTime, {metadata}]
+            time = time[0]
+        if time is GROUP_MARKER:
+            request.markers += 1
+            return None
+        time_ns = _time_ns(time, now_ns)
+        if time_ns is not None and type(record) is dict:
+            return time_ns
+    if not skip_invalid_event:
+        raise ProtocolError("invalid entry (expected [time, record]) and skip_invalid_event is false")
+    request.invalid += 1
+    return None
+
+
+def _option(unpacker: msgpack.Unpacker, size: int, index: int) -> dict[str, Any]:
+    """The option element at ``index`` (if the message has one); later elements are ignored."""
+    option = unpacker.unpack() if size > index else None
+    for _ in range(index + 1, size):
+        unpacker.skip()
+    if option is None:
         return {}
-    option = message[index]
     if type(option) is not dict:
         raise ProtocolError(f"the option must be a map, got {type(option).__name__}")
     return option
@@ -441,7 +541,7 @@ def _chunk(option: dict[str, Any]) -> str | bytes | None:
     return chunk
 
 
-def _ping(message: list) -> Ping:
+def _ping(message: list[Any]) -> Ping:
     def text(value: Any, what: str) -> str:
         if type(value) is bytes:
             return value.decode("utf-8", "surrogateescape")
