@@ -42,6 +42,8 @@ def gzip_body(data: bytes) -> bytes:
 
 def pack_lengths(lengths: Sequence[int]) -> bytes:
     """Fragment lengths as a compact blob (uint32 each), stored beside the fragments."""
+    if type(lengths) is array and lengths.typecode == "I":
+        return lengths.tobytes()
     return array("I", lengths).tobytes()
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
+from fluent_ld.admission import Encoded, Encoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf, Section
 
@@ -109,9 +110,20 @@ class Output(Plugin):
         self.worker = worker  # each worker keeps its own store
         self.keep_store_open = False  # set by a reload handing this output's memory store on
 
+    # The CPU half of admit (validate, map, encode), run wherever it is cheapest: on the event loop
+    # or in a pool process. An output without one admits decoded entries on the event loop.
+    encoder: Encoder | None = None
+
     async def admit(self, tag: str, entries: Entries) -> None:
         """Take responsibility for these records. Returning is the promise: a durable output
         returns only once they are committed to its store."""
+        if self.encoder is None:
+            raise NotImplementedError
+        await self.commit(tag, self.encoder.encode(tag, entries))
+
+    async def commit(self, tag: str, encoded: Encoded) -> None:
+        """The I/O half of admit, for what :attr:`encoder` made of a request. Raises
+        :class:`BufferFullError` when there is no room: nothing was taken, try again later."""
         raise NotImplementedError
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:

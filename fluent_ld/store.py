@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fluent_ld.admission import DeadLetter
 from fluent_ld.encode import pack_lengths, unpack_lengths
 
 __all__ = ["Batch", "DeadLetter", "Store", "StoreError"]
@@ -128,18 +129,6 @@ class Batch:
     @property
     def body(self) -> bytes:
         return b"[" + self.data + b"]"
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    kind: str  # invalid, too_large, rejected (by LaunchDarkly), expired, schema (406)
-    reason: str
-    status: int | None = None
-    tag: str | None = None
-    time_ns: int | None = None
-    record: bytes | None = None  # the original record as JSON, when there is one
-    event: bytes | None = None  # the mapped LaunchDarkly event as JSON, when there is one
-    payload_id: str | None = None
 
 
 class Store:

@@ -13,6 +13,7 @@ CORE = [
     "forward/handshake",
     "preset",
     "mapping",
+    "admission",
     "encode",
     "retry",
     "policy",

@@ -14,7 +14,6 @@ import hashlib
 import os
 import random
 import ssl
-import struct
 import time
 from dataclasses import dataclass, field
 
@@ -23,13 +22,13 @@ import msgpack
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
 from fluent_ld.encode import gzip_body
-from fluent_ld.forward.codec import encode_event_time
 from fluent_ld import metrics
 from fluent_ld.outputs.buffer import BUFFER, Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks
-from fluent_ld.plugin import BufferFullError, Entries, Output
+from fluent_ld.plugin import BufferFullError, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy
-from fluent_ld.store import Batch, DeadLetter, StoreError
+from fluent_ld.admission import DeadLetter, Encoded, ForwardEncoder
+from fluent_ld.store import Batch, StoreError
 
 SERVER = Section(
     "server",
@@ -119,7 +118,7 @@ class ForwardOutput(Output):
         self.room = Room(plugin_id)
         self.health = StoreHealth(self.log)
         self.wake = asyncio.Event()
-        self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+        self.encoder = ForwardEncoder()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
@@ -146,27 +145,19 @@ class ForwardOutput(Output):
 
     # -- admit -------------------------------------------------------------------------------------
 
-    async def admit(self, tag: str, entries: Entries) -> None:
+    async def commit(self, tag: str, encoded: Encoded) -> None:
         if self.store.pending_bytes >= self.high:
             self.room.close()
             raise BufferFullError(f"{self.store.pending_bytes} undelivered bytes over high_watermark", self.room.wait)
-        pack = self._packer.pack
-        fragments, dead = [], []
-        for time_ns, record in entries:
+        dead = encoded.dead
+        if encoded.lengths or dead:
             try:
-                fragments.append(pack([encode_event_time(time_ns), record]))
-            except (TypeError, ValueError, OverflowError, struct.error) as exc:  # struct: a time past 2106
-                dead.append(DeadLetter("invalid", f"cannot be encoded as msgpack: {exc}", None, tag, time_ns, repr(record).encode()))
-        if fragments or dead:
-            lengths = [len(f) for f in fragments]
-            oldest = min((t for t, _ in entries), default=0) // 1_000_000
-            try:
-                await self.store.append(b"".join(fragments), lengths, sum(lengths), oldest, dead, tag=tag)
+                await self.store.append(encoded.data, encoded.lengths, encoded.nbytes, encoded.oldest_ms, dead, tag=tag)
             except StoreError as exc:
                 raise self.health.failed(exc) from exc  # the source tries the whole request again
             self.health.ok()
             self.wake.set()
-        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))  # once stored, so once
+        metrics.RECORDS_RECEIVED.labels(self.id).inc(encoded.records)  # once stored, so once
         if dead:
             metrics.RECORDS_REJECTED.labels(self.id, "invalid").inc(len(dead))
             metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc(len(dead))

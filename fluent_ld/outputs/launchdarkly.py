@@ -12,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
 
-import orjson
 
 from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
-from fluent_ld.mapping import INVALID
-from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_mapper, check_mapping
+from fluent_ld.admission import DeadLetter, Encoded, LaunchDarklyEncoder
+from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_preset, check_mapping
 from fluent_ld.outputs.buffer import BUFFER, Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks as _watermarks
 from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, Answer, Sender
-from fluent_ld.plugin import BufferFullError, Entries, Output
+from fluent_ld.plugin import BufferFullError, Output
 from fluent_ld.registry import register
 from fluent_ld.retry import RetryPolicy, parse_retry_after
-from fluent_ld.store import Batch, DeadLetter, StoreError
+from fluent_ld.store import Batch, StoreError
 
 # How often an output paused on 401/403/404 tries one batch again, to notice a fix by itself
 # (or retry_max_interval, if that is shorter).
@@ -77,8 +75,9 @@ class LaunchDarklyOutput(Output):
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
         super().__init__(conf, plugin_id, worker)
-        self.mapper = build_mapper(conf)
         buffer = conf.buffer
+        self.encoder = LaunchDarklyEncoder(build_preset(conf), conf.record_key, buffer.chunk_limit_size - 2)  # a body is [ + events + ]
+        self.mapper = self.encoder.mapper
         self.store = store_for(buffer, plugin_id, worker)
         self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
         self.high, self.low = _watermarks(buffer)
@@ -133,46 +132,27 @@ class LaunchDarklyOutput(Output):
 
     # -- admit ---------------------------------------------------------------------------------------
 
-    async def admit(self, tag: str, entries: Entries) -> None:
+    async def commit(self, tag: str, encoded: Encoded) -> None:
         if self.store.pending_bytes >= self.high:
             self.room.close()
             self.count("backpressure_refusals")
             raise BufferFullError(
                 f"{self.store.pending_bytes} undelivered bytes is over high_watermark ({self.high})", self.room.wait
             )
-        mapper, cap = self.mapper, self.cap - 2  # a batch body is [ + events + ]
-        fragments: list[bytes] = []
-        lengths: list[int] = []
-        dead: list[DeadLetter] = []
-        unmapped = 0
-        oldest = None
-        for time_ns, record in entries:
-            result = mapper.map_encoded(record, time_ns)
-            if type(result) is bytes:
-                if len(result) > cap:
-                    dead.append(DeadLetter("too_large", f"the encoded event is {len(result)} bytes, over chunk_limit_size", None, tag, time_ns, _json(record), result))
-                    continue
-                fragments.append(result)
-                lengths.append(len(result))
-                if oldest is None or time_ns < oldest:
-                    oldest = time_ns
-            elif result.kind == INVALID:
-                dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, _json(result.record)))
-            else:
-                unmapped += 1
-        if fragments or dead:
+        dead = encoded.dead
+        if encoded.lengths or dead:
             try:
-                await self.store.append(b",".join(fragments), lengths, sum(lengths), (oldest or 0) // 1_000_000, dead)
+                await self.store.append(encoded.data, encoded.lengths, encoded.nbytes, encoded.oldest_ms, dead)
             except StoreError as exc:
                 raise self.health.failed(exc) from exc  # the source tries the whole request again
             self.health.ok()
             self.wake.set()
         # Counted once stored: a request retried after a failed commit is counted once.
-        metrics.RECORDS_RECEIVED.labels(self.id).inc(len(entries))
-        self.count("records_admitted", len(fragments))
-        if unmapped:
-            self.count("records_unmapped", unmapped)
-            metrics.RECORDS_REJECTED.labels(self.id, "unmapped").inc(unmapped)
+        metrics.RECORDS_RECEIVED.labels(self.id).inc(encoded.records)
+        self.count("records_admitted", encoded.count)
+        if encoded.unmapped:
+            self.count("records_unmapped", encoded.unmapped)
+            metrics.RECORDS_REJECTED.labels(self.id, "unmapped").inc(encoded.unmapped)
         if dead:
             self.count("records_dead_lettered", len(dead))
             for letter in dead:
@@ -329,8 +309,4 @@ class LaunchDarklyOutput(Output):
     def _update_room(self) -> None:
         if self.store.pending_bytes <= self.low:
             self.room.open()
-
-
-def _json(record: Any) -> bytes:
-    return orjson.dumps(record, default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else repr(v))
 

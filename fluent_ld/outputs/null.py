@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fluent_ld.config.params import Section
-from fluent_ld.plugin import Entries, Output
+from fluent_ld.admission import CountEncoder, Encoded
+from fluent_ld.plugin import Output
 from fluent_ld.registry import register
 
 
@@ -17,5 +18,7 @@ class NullOutput(Output):
         super().__init__(conf, plugin_id, worker)
         self.records = 0
 
-    async def admit(self, tag: str, entries: Entries) -> None:
-        self.records += len(entries)
+    encoder = CountEncoder()
+
+    async def commit(self, tag: str, encoded: Encoded) -> None:
+        self.records += encoded.records
