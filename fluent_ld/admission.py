@@ -19,11 +19,22 @@ from typing import Any
 import msgpack
 import orjson
 
-from fluent_ld.forward.codec import encode_event_time
+from fluent_ld.forward.codec import DecoderLimits, Frame, Request, encode_event_time, open_request
 from fluent_ld.mapping import INVALID, Mapper
 from fluent_ld.preset import Preset
 
-__all__ = ["CountEncoder", "DeadLetter", "Encoded", "Encoder", "ForwardEncoder", "LaunchDarklyEncoder"]
+__all__ = [
+    "Admitted",
+    "CountEncoder",
+    "DeadLetter",
+    "Encoded",
+    "Encoder",
+    "ForwardEncoder",
+    "LaunchDarklyEncoder",
+    "Decoding",
+    "decode_frame",
+    "encode_frame",
+]
 
 Entries = Iterable[tuple[int, dict[str, Any]]]
 
@@ -148,6 +159,60 @@ class CountEncoder(Encoder):
         for _ in entries:
             records += 1
         return Encoded(records=records)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """How a source decodes its requests (picklable: it travels with each request to the pool).
+    ``extra``: fields added to every record (``source_address_key``, ``source_hostname_key``)."""
+
+    limits: DecoderLimits
+    skip_invalid_event: bool
+    now_ns: int
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Admitted:
+    """One request decoded and encoded: its ack token, what its decoding skipped, and what the
+    output stores (``encoded``) or, for an output without an encoder, the decoded entries."""
+
+    chunk: str | bytes | None
+    mode: str
+    invalid: int
+    markers: int
+    encoded: Encoded | None = None
+    entries: list[tuple[int, dict[str, Any]]] | None = None
+
+    @property
+    def records(self) -> int:
+        return self.encoded.records if self.encoded is not None else len(self.entries or ())
+
+
+def decode_frame(frame: Frame, decoding: Decoding) -> tuple[Request, Entries]:
+    """The request in ``frame`` and its entries, streamed (with the source's extra fields)."""
+    request = open_request(frame, decoding.limits, decoding.skip_invalid_event, decoding.now_ns)
+    entries: Entries = request.entries
+    if decoding.extra:
+        entries = _with_extra(entries, decoding.extra)
+    return request, entries
+
+
+def encode_frame(frame: Frame, tag: str, decoding: Decoding, encoder: Encoder | None) -> Admitted:
+    """A framed request, decoded one entry at a time straight into ``encoder`` (or into a list
+    when there is none). Raises :class:`~fluent_ld.forward.codec.ProtocolError`."""
+    request, entries = decode_frame(frame, decoding)
+    if encoder is None:
+        listed = list(entries)
+        return Admitted(request.chunk, request.mode, request.invalid, request.markers, entries=listed)
+    encoded = encoder.encode(tag, entries)
+    return Admitted(request.chunk, request.mode, request.invalid, request.markers, encoded)
+
+
+def _with_extra(entries: Entries, extra: dict[str, Any]) -> Entries:
+    for time_ns, record in entries:
+        record.update(extra)
+        yield time_ns, record
 
 
 def record_json(record: Any) -> bytes:

@@ -129,6 +129,19 @@ WEBHOOK_REQUESTS = Counter(
     ["plugin_id", "outcome"],
 )
 
+# -- the pool -----------------------------------------------------------------------------------------
+POOL_REQUESTS = Counter(
+    "fluentld_pool_requests_total",
+    "Forward requests decoded, validated, mapped and encoded, by where: pool (a pool process) or inline (the event loop).",
+    ["where"],
+)
+POOL_DEATHS = Counter(
+    "fluentld_pool_process_deaths_total", "Pool processes that died; the requests they held were not acked."
+)
+POOL_PROCESSES = Gauge(
+    "fluentld_pool_processes", "Pool processes ready to take requests.", multiprocess_mode="livesum"
+)
+
 
 # Gauges of one plugin, with the value that means "nothing to report".
 _PLUGIN_GAUGES = (

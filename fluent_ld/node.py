@@ -6,18 +6,33 @@ import asyncio
 import logging
 
 from fluent_ld import metrics
+from fluent_ld.admission import Admitted, CountEncoder, Decoding, Encoder, encode_frame
 from fluent_ld.config.schema import NodeConfig, PluginConf
+from fluent_ld.forward.codec import Frame
 from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
+from fluent_ld.pool import Pool, PoolUnavailable, default_size
 from fluent_ld.registry import plugin_class
 from fluent_ld.router import Router
 
-__all__ = ["Node"]
+__all__ = ["Node", "POOL_MIN_BYTES"]
 
 log = logging.getLogger("fluent_ld.node")
 
 # How often gauges read from the stores (depth, oldest age) are brought up to date, so that the
 # worker serving /metrics sees every worker's within this long.
 METRICS_REFRESH_INTERVAL = 1.0
+# Requests smaller than this are decoded and encoded on the event loop: a round trip to a pool
+# process costs the loop about as much as doing a few records itself, and adds latency. Message
+# mode (one record per request, as fluent-logger sends) stays inline; Fluent Bit's chunks of tens
+# of KB go to the pool. Measured in benchmarks/realistic.py.
+POOL_MIN_BYTES = 4096
+# The encoder of records no <match> takes: they are counted, then dropped.
+_UNMATCHED = ""
+
+
+_COUNT = CountEncoder()
+_POOLED = metrics.POOL_REQUESTS.labels("pool")
+_INLINE = metrics.POOL_REQUESTS.labels("inline")
 
 
 class Node:
@@ -44,18 +59,52 @@ class Node:
             self.sources.append((pc, cls(pc.conf, pc.id, self)))
         self._started: list[Plugin] = []
         self._refresher: asyncio.Task | None = None
+        size = config.system.pool_size
+        if size is None:
+            size = default_size(self.workers)
+        encoders: dict[str, Encoder] = {out.id: out.encoder for _, out in self.outputs if out.encoder is not None}
+        encoders[_UNMATCHED] = CountEncoder()
+        self.pool = Pool(size, encoders) if size else None
+
+    async def admit_frame(self, tag: str, frame: Frame, decoding: Decoding) -> Admitted:
+        """Decode, validate, map and encode a framed forward request for the output its tag
+        routes to: in a pool process, or here when it is small or no process is ready. Raises
+        :class:`~fluent_ld.forward.codec.ProtocolError` and :class:`~fluent_ld.pool.PoolError`;
+        :meth:`commit` then stores the result."""
+        output = self.router.resolve(tag)
+        output_id, encoder = (output.id, output.encoder) if output is not None else (_UNMATCHED, _COUNT)
+        if self.pool is not None and encoder is not None and frame.wire_size >= POOL_MIN_BYTES:
+            try:
+                admitted = await self.pool.run(output_id, tag, frame, decoding)
+            except PoolUnavailable:
+                pass
+            else:
+                _POOLED.inc()
+                return admitted
+        _INLINE.inc()
+        return encode_frame(frame, tag, decoding, encoder)
+
+    async def commit(self, tag: str, admitted: Admitted) -> None:
+        """Hand what :meth:`admit_frame` made to the output (its store). Raises
+        :class:`~fluent_ld.plugin.BufferFullError` when it has no room."""
+        output = self.router.resolve(tag)
+        if output is None:
+            self._unmatched(tag, admitted.records)
+        elif admitted.encoded is not None:
+            await output.commit(tag, admitted.encoded)
+        elif admitted.entries:
+            await output.admit(tag, admitted.entries)
 
     async def emit(self, tag: str, entries: Entries) -> None:
         output = self.router.resolve(tag)
         if output is None:
-            if self.router.count_unmatched(tag, len(entries)):
-                log.warning(
-                    "No <match> takes tag %r: its records are dropped and counted "
-                    "(logged once per tag).",
-                    tag,
-                )
+            self._unmatched(tag, len(entries))
             return
         await output.admit(tag, entries)
+
+    def _unmatched(self, tag: str, records: int) -> None:
+        if self.router.count_unmatched(tag, records):
+            log.warning("No <match> takes tag %r: its records are dropped and counted (logged once per tag).", tag)
 
     async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
         output = self.router.resolve(tag)
@@ -65,6 +114,8 @@ class Node:
         await output.dead_letter(tag, record, reason)
 
     async def start(self) -> None:
+        if self.pool is not None:
+            await self.pool.start()  # its processes get ready while the plugins start
         for pc, plugin in [*self.outputs, *self.sources]:
             try:
                 await plugin.start()
@@ -108,6 +159,8 @@ class Node:
             except Exception:
                 log.exception("Plugin %s failed to stop cleanly.", plugin.id)
             metrics.forget(plugin.id)
+        if self.pool is not None:
+            await self.pool.stop()  # last: sources finish their requests first
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()

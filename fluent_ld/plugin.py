@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
-from fluent_ld.admission import Encoded, Encoder
+from fluent_ld.admission import Admitted, Decoding, Encoded, Encoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf, Section
+from fluent_ld.forward.codec import Frame
 
 __all__ = ["BufferFullError", "Entries", "Emitter", "Output", "Plugin", "Source", "StartError"]
 
@@ -53,6 +54,13 @@ class Emitter(Protocol):
     def emit(self, tag: str, entries: Entries) -> Awaitable[None]:
         """Hand records to the output their tag routes to; returns once that output has admitted
         them (for a durable output: once they are on disk)."""
+
+    def admit_frame(self, tag: str, frame: Frame, decoding: Decoding) -> Awaitable[Admitted]:
+        """Decode, validate, map and encode a framed forward request for the output its tag routes
+        to (off the event loop when it is worth it); :meth:`commit` then stores the result."""
+
+    def commit(self, tag: str, admitted: Admitted) -> Awaitable[None]:
+        """Hand an admitted request to its output; returns once it is admitted (on disk)."""
 
     def dead_letter(self, tag: str, record: bytes, reason: str) -> Awaitable[None]:
         """Keep something a source accepted but cannot turn into a record (e.g. a signed webhook

@@ -14,7 +14,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from fluent_ld.forward.codec import Decoder, Heartbeat, Ping, ProtocolError, Request, encode_ack
+from fluent_ld.admission import Admitted, Decoding
+from fluent_ld.forward.codec import Decoder, Frame, Heartbeat, Ping, ProtocolError, encode_ack
 from fluent_ld.forward.handshake import Handshake
 from fluent_ld.plugin import BufferFullError
 
@@ -41,12 +42,12 @@ class ForwardConnection(asyncio.Protocol):
         self.peer = "unknown"
         self.peer_address = ""
         self.hostname: str | None = None
-        self.decoder = Decoder(source.limits, source.conf.skip_invalid_event)
+        self.decoder = Decoder(source.limits, source.conf.skip_invalid_event, lazy=True)
         self.handshake: Handshake | None = None
-        self.pending: deque[Request] = deque()
+        self.pending: deque[Frame] = deque()
         # One admit task per pending request, started as soon as it is decoded: admits of one
         # connection overlap (their store commits share an fsync) while acks still go out in order.
-        self.admits: deque[asyncio.Task] = deque()
+        self.admits: deque[asyncio.Task[Admitted]] = deque()
         self.worker: asyncio.Task | None = None
         self.paused = False  # reading paused, for any of the reasons below
         self.writing_paused = False  # between the transport's pause_writing and resume_writing
@@ -157,8 +158,8 @@ class ForwardConnection(asyncio.Protocol):
                     self._pause("requests pending")
                     return
                 event = self.decoder.next_event(now)
-                if type(event) is Request:
-                    self._received(event)
+                if type(event) is Frame:
+                    self._received(event, now)
                 elif type(event) is Ping:
                     self._ping(event)
                 elif type(event) is Heartbeat:
@@ -212,24 +213,21 @@ class ForwardConnection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _received(self, request: Request) -> None:
+    def _received(self, frame: Frame, now_ns: int) -> None:
         if self.handshake is not None:
             raise ProtocolError("a request before the handshake completed")
         source = self.source
         source.count("requests")
-        if request.invalid:
-            source.count("invalid_events", request.invalid)
-            source.invalid.inc(request.invalid)
         warn_limit = source.conf.chunk_size_warn_limit
-        if warn_limit is not None and request.wire_size > warn_limit:
+        if warn_limit is not None and frame.wire_size > warn_limit:
             source.log.warning(
                 "A request of %d bytes from %s is over chunk_size_warn_limit (%d).",
-                request.wire_size,
+                frame.wire_size,
                 self.peer,
                 source.conf.chunk_size_warn_limit,
             )
-        self.pending.append(request)
-        self.admits.append(asyncio.get_running_loop().create_task(self._admit(request)))
+        self.pending.append(frame)
+        self.admits.append(asyncio.get_running_loop().create_task(self._admit(frame, now_ns)))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.get_running_loop().create_task(self._admit_pending())
         if source.conf.deny_keepalive:
@@ -238,46 +236,53 @@ class ForwardConnection(asyncio.Protocol):
     async def _admit_pending(self) -> None:
         source = self.source
         while self.pending:
-            request = self.pending[0]
+            frame = self.pending[0]
             try:
-                await self.admits[0]
+                admitted = await self.admits[0]
+            except ProtocolError as exc:
+                # Framed but not the forward protocol inside (a broken payload, an unknown mode):
+                # not acked; what was received before it is still acked, then the connection closes.
+                self._protocol_error(exc)
             except Exception:
                 source.count("admit_failures")
                 source.log.exception(
                     "Records from %s (tag %r) were not admitted; no ack is sent, so the client "
                     "will send them again.",
                     self.peer,
-                    request.tag,
+                    frame.tag,
                 )
             else:
-                if request.chunk is not None and not self.transport.is_closing():
-                    self.transport.write(encode_ack(request.chunk))
+                if admitted.chunk is not None and not self.transport.is_closing():
+                    self.transport.write(encode_ack(admitted.chunk))
             self.pending.popleft()
             self.admits.popleft()
             self._maybe_resume()
 
-    async def _admit(self, request: Request) -> None:
+    async def _admit(self, frame: Frame, now_ns: int) -> Admitted:
         source = self.source
         conf = source.conf
-        tag = conf.tag or request.tag
+        tag = conf.tag or frame.tag
         if conf.add_tag_prefix:
             tag = f"{conf.add_tag_prefix}.{tag}"
-        entries = request.entries
+        extra: dict[str, Any] | None = None
         if conf.source_address_key or conf.source_hostname_key:
-            extra: dict[str, Any] = {}
+            extra = {}
             if conf.source_address_key:
                 extra[conf.source_address_key] = self.peer_address
             if conf.source_hostname_key:
                 extra[conf.source_hostname_key] = await self._peer_hostname()
-            for _, record in entries:
-                record.update(extra)
+        emitter = source.emitter
+        admitted = await emitter.admit_frame(tag, frame, Decoding(source.limits, conf.skip_invalid_event, now_ns, extra))
+        if admitted.invalid:
+            source.count("invalid_events", admitted.invalid)
+            source.invalid.inc(admitted.invalid)
         while True:
             try:
-                if entries:
-                    await source.emitter.emit(tag, entries)
-                source.count("records", len(entries))
-                source.received.inc(len(entries))
-                return
+                await emitter.commit(tag, admitted)
+                records = admitted.records
+                source.count("records", records)
+                source.received.inc(records)
+                return admitted
             except BufferFullError as full:
                 # Backpressure: keep the connection, stop reading it, wait for room, try again.
                 source.count("backpressure_waits")
