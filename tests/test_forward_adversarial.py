@@ -82,8 +82,8 @@ def probe(monkeypatch):
     received = ForwardConnection._received
     made = ForwardConnection.connection_made
 
-    def _received(self, request):
-        received(self, request)
+    def _received(self, frame, now_ns):
+        received(self, frame, now_ns)
         p.max_pending = max(p.max_pending, len(self.pending))
 
     def connection_made(self, transport):

@@ -363,7 +363,7 @@ _STR_HEADER = {**{b: 1 for b in range(0xA0, 0xC0)}, 0xD9: 2, 0xDA: 3, 0xDB: 5, 0
 _ARRAY_HEADER = {**{b: 1 for b in range(0x90, 0xA0)}, 0xDC: 3, 0xDD: 5}
 
 
-def _head(message: bytes, limits: DecoderLimits) -> Frame | Heartbeat | Ping:
+def _head(message: bytes, limits: DecoderLimits, head_bytes: int = 4096) -> Frame | Heartbeat | Ping:
     """A whole message: a heartbeat, a PING, or a request framed with its tag (the rest is decoded
     by :func:`open_request`)."""
     if message == b"\xc0":
@@ -372,14 +372,20 @@ def _head(message: bytes, limits: DecoderLimits) -> Frame | Heartbeat | Ping:
     if first not in _ARRAY_HEADER:
         raise ProtocolError(f"a request must be an array, got {_KINDS.get(first, 'a scalar')}")
     unpacker = limits.unpacker(len(message))
-    unpacker.feed(message)
+    # The head is all that is read here: a large request is not copied into the unpacker whole.
+    unpacker.feed(message[:head_bytes] if len(message) > head_bytes else message)
     try:
-        size = unpacker.read_array_header()
-        if size < 2:
-            raise ProtocolError(f"a request needs a tag and entries, got {size} element(s)")
-        tag = unpacker.unpack()
-        if size == 6 and tag == "PING":
-            return _ping([tag, *(unpacker.unpack() for _ in range(5))])
+        try:
+            size = unpacker.read_array_header()
+            if size < 2:
+                raise ProtocolError(f"a request needs a tag and entries, got {size} element(s)")
+            tag = unpacker.unpack()
+            if size == 6 and tag == "PING":
+                return _ping([tag, *(unpacker.unpack() for _ in range(5))])
+        except msgpack.OutOfData:  # a tag (or PING) longer than that: read it all
+            if head_bytes >= len(message):
+                raise ProtocolError("malformed msgpack: the message ends early") from None
+            return _head(message, limits, len(message))
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
     if type(tag) is bytes:
