@@ -1,4 +1,4 @@
-"""Every benchmark, one table: runs forward.py, pipeline.py, batch.py, store.py and node.py, each
+"""Every benchmark, one table: runs forward.py, pipeline.py, batch.py, store.py, node.py and realistic.py, each
 in its own process (one that fails does not stop the others), prints their rows as one markdown
 table with the machine, and writes them all to benchmarks/results/all.json.
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 import report as results  # noqa: E402
 
-BENCHMARKS = ("forward", "pipeline", "batch", "store", "node")
+BENCHMARKS = ("forward", "pipeline", "batch", "store", "node", "realistic")
 TIMEOUT = {True: 300, False: 3600}  # seconds per benchmark script, --quick or not
 ROW_KEYS = ("figure", "value", "unit", "spread", "runs", "floor", "floor_figure", "ratio", "extra")
 
