@@ -149,7 +149,7 @@ def floor_rate(wires: list[bytes], mapper: Mapper) -> float:
     records = 0
     start = time.perf_counter()
     for wire in wires:
-        outer = msgpack.Unpacker(raw=False, ext_hook=_ext, max_buffer_size=len(wire))
+        outer = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", ext_hook=_ext, max_buffer_size=len(wire))
         outer.feed(wire)
         outer.read_array_header()
         outer.skip()
