@@ -92,14 +92,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(url: str, store: str, port: int, workers: int = 1) -> subprocess.Popen:
+def start_node(url: str, store: str, port: int, workers: int = 1, system: str = "", buffer: str = "") -> subprocess.Popen:
+    """A node process (forward -> launchdarkly, file store); ``system`` and ``buffer``: more lines
+    for those sections."""
     conf = Path(store) / "node.conf"
     conf.write_text(
-        f"<system>\n  workers {workers}\n</system>\n"
+        f"<system>\n  workers {workers}\n{system}</system>\n"
         f"<source>\n  @type forward\n  port {port}\n</source>\n"
         f"<match signal.**>\n  @type launchdarkly\n  access_token {TOKEN}\n  project_key default\n"
         f"  environment_key production\n  events_host {url}\n  <buffer>\n    path {store}\n"
-        f"    retry_wait 200ms\n    retry_max_interval 1s\n  </buffer>\n</match>\n"
+        f"    retry_wait 200ms\n    retry_max_interval 1s\n{buffer}  </buffer>\n</match>\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "fluent_ld", "run", "-c", str(conf)], stderr=subprocess.DEVNULL)
     for _ in range(400):

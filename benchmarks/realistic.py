@@ -30,6 +30,7 @@ import multiprocessing
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +42,8 @@ import msgpack
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node import TOKEN, ServerThread, free_port, proc_stats  # noqa: E402
+from node import ServerThread, free_port, proc_stats  # noqa: E402
+from node import start_node as node_process  # noqa: E402
 from report import machine  # noqa: E402
 
 from fluent_ld.forward.codec import EventTime, encode_event_time  # noqa: E402
@@ -177,26 +179,9 @@ def floor_rate(wires: list[bytes], mapper: Mapper) -> float:
 # -- the node --------------------------------------------------------------------------------------------
 
 
-def start_node(url: str, store: str, port: int, pool: int | None, extra: str = "") -> "subprocess.Popen":
-    import subprocess
-
-    system = f"<system>\n  pool_size {pool}\n</system>\n" if pool is not None else ""
-    conf = Path(store) / "node.conf"
-    conf.write_text(
-        f"{system}<source>\n  @type forward\n  port {port}\n{extra}</source>\n"
-        f"<match signal.**>\n  @type launchdarkly\n  access_token {TOKEN}\n  project_key default\n"
-        f"  environment_key production\n  events_host {url}\n  <buffer>\n    path {store}\n"
-        f"    total_limit_size 2g\n    flush_interval 250ms\n    retry_wait 200ms\n    retry_max_interval 1s\n  </buffer>\n</match>\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "fluent_ld", "run", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        raise SystemExit("node did not start")
+def start_node(url: str, store: str, port: int, pool: int | None) -> subprocess.Popen:
+    system = f"  pool_size {pool}\n" if pool is not None else ""
+    proc = node_process(url, store, port, system=system, buffer="    total_limit_size 2g\n    flush_interval 250ms\n")
     time.sleep(1.0)  # the pool processes get ready
     return proc
 

@@ -132,7 +132,7 @@ WEBHOOK_REQUESTS = Counter(
 # -- the pool -----------------------------------------------------------------------------------------
 POOL_REQUESTS = Counter(
     "fluentld_pool_requests_total",
-    "Forward requests decoded, validated, mapped and encoded, by where: pool (a pool process) or inline (the event loop).",
+    "Forward requests of 4 KiB or more decoded, validated, mapped and encoded, by where: pool (a pool process) or inline (the event loop; smaller requests always are).",
     ["where"],
 )
 POOL_DEATHS = Counter(

@@ -240,6 +240,7 @@ class Decoder:
         # error that followed them: handed out by next_event in stream order.
         self._ahead: deque[bytes] = deque()
         self._error: ProtocolError | None = None
+        self._small = limits.unpacker(limits.chunk_size_limit)  # for small messages (see _SMALL)
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the stream. Raises :class:`ProtocolError` at once when the message in
@@ -284,13 +285,16 @@ class Decoder:
 
     def _frame(self) -> bytes:
         """The next whole message's bytes; :class:`msgpack.OutOfData` while it is incomplete."""
-        if not self._head_checked:
-            if self._fed == self._start:
-                raise msgpack.OutOfData
-            self._check_head()
+        if self._fed == self._start:
+            raise msgpack.OutOfData
         try:
             self._framer.skip()
         except msgpack.OutOfData:
+            if not self._head_checked:  # a whole message is checked when it is decoded
+                try:
+                    self._check_head()
+                except msgpack.OutOfData:
+                    pass
             raise
         except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(f"malformed msgpack: {exc}") from None
@@ -328,6 +332,23 @@ class Decoder:
         if not self._ahead:
             raise error
 
+    def _small_message(self, message: bytes, now_ns: int) -> Request | Ping:
+        if message[0] not in _ARRAY_HEADER:
+            raise ProtocolError(f"a request must be an array, got {_KINDS.get(message[0], 'a scalar')}")
+        unpacker = self._small
+        unpacker.feed(message)
+        try:
+            decoded = unpacker.unpack()
+        except (ValueError, TypeError, OverflowError) as exc:
+            self._small = self.limits.unpacker(self.limits.chunk_size_limit)  # it may hold a part
+            raise ProtocolError(f"malformed msgpack: {exc}") from None
+        except msgpack.OutOfData:  # framed whole, so never: start afresh rather than hold a part
+            self._small = self.limits.unpacker(self.limits.chunk_size_limit)
+            raise ProtocolError("malformed msgpack: the message ends early") from None
+        if decoded and decoded[0] == "PING" and len(decoded) == 6:
+            return _ping(decoded)
+        return _small_request(decoded, len(message), self.limits, self.skip_invalid_event, now_ns)
+
     def next_event(self, now_ns: int) -> Request | Frame | Heartbeat | Ping | Any:
         """The next complete message, or :data:`NEED_DATA`. ``now_ns`` is used for time 0/nil."""
         if self._ahead:
@@ -342,6 +363,8 @@ class Decoder:
             except ProtocolError as exc:
                 self._error = exc
                 raise
+        if len(message) <= _SMALL and message != b"\xc0":
+            return self._small_message(message, now_ns)
         event = _head(message, self.limits)
         if type(event) is not Frame or self.lazy:
             return event
@@ -352,6 +375,10 @@ class Decoder:
 
 # How many bytes a container header takes whose length is not in its first byte.
 _LENGTH_BYTES = {0xDC: 3, 0xDD: 5, 0xDE: 3, 0xDF: 5}
+# Messages up to this size are decoded whole, at once, by one unpacker the decoder keeps: creating
+# the unpackers that framing and streaming take costs more than decoding a small request (Message
+# mode: one record each), and a small request is not worth a pool process anyway.
+_SMALL = 4096
 # What the first byte of a message that is not an array or nil holds, for the error message.
 _KINDS = {
     **{b: "a map" for b in (*range(0x80, 0x90), 0xDE, 0xDF)},
@@ -388,6 +415,10 @@ def _head(message: bytes, limits: DecoderLimits, head_bytes: int = 4096) -> Fram
             return _head(message, limits, len(message))
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
+    return Frame(_tag(tag), message, len(message))
+
+
+def _tag(tag: Any) -> str:
     if type(tag) is bytes:
         tag = tag.decode("utf-8", "surrogateescape")
     if type(tag) is not str or not tag:
@@ -396,7 +427,53 @@ def _head(message: bytes, limits: DecoderLimits, head_bytes: int = 4096) -> Fram
         tag.encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError("the tag is not valid UTF-8") from None
-    return Frame(tag, message, len(message))
+    return tag
+
+
+def _small_request(message: list, wire_size: int, limits: DecoderLimits, skip_invalid_event: bool, now_ns: int) -> Request:
+    """A small request decoded whole (see ``_SMALL``): the same checks as :func:`open_request`."""
+    if len(message) < 2:
+        raise ProtocolError(f"a request needs a tag and entries, got {len(message)} element(s)")
+    tag = _tag(message[0])
+    body = message[1]
+    kind = type(body)
+    if kind is list:
+        option, mode, entries = _small_option(message, 2), "forward", iter(body)
+    elif kind is str or kind is bytes:
+        option = _small_option(message, 2)
+        payload = body.encode("utf-8", "surrogateescape") if kind is str else body
+        compressed = option.get("compressed")
+        if compressed in (None, "text"):
+            mode = "packed_forward"
+        elif compressed == "gzip":
+            payload, mode = _gunzip(payload, limits.decompression_size_limit), "compressed_packed_forward"
+        elif compressed == "zstd":
+            payload, mode = _unzstd(payload, limits.decompression_size_limit), "compressed_packed_forward"
+        else:
+            raise ProtocolError(f"unknown compression {compressed!r}")
+        entries = _stream(payload, limits, "malformed packed entries")
+    elif kind is int or kind is EventTime or kind is float or body is None or body is GROUP_MARKER:
+        if len(message) < 3:
+            raise ProtocolError("a Message mode request needs a record")
+        option, mode, entries = _small_option(message, 3), "message", iter(((body, message[2]),))
+    else:
+        raise ProtocolError(f"unknown request mode: element 1 is {kind.__name__}")
+    signal = option.get("fluent_signal", 0)
+    if signal not in (0, None):
+        name = SIGNAL_NAMES.get(signal, repr(signal))
+        raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
+    request = Request(tag, [], _chunk(option), mode, wire_size, option=option)
+    request.entries = list(_entries(request, entries, skip_invalid_event, now_ns))
+    return request
+
+
+def _small_option(message: list, index: int) -> dict[str, Any]:
+    if len(message) <= index or message[index] is None:
+        return {}
+    option = message[index]
+    if type(option) is not dict:
+        raise ProtocolError(f"the option must be a map, got {type(option).__name__}")
+    return option
 
 
 def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, now_ns: int) -> Request:

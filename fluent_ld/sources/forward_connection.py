@@ -15,7 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from fluent_ld.admission import Admitted, Decoding
-from fluent_ld.forward.codec import Decoder, Frame, Heartbeat, Ping, ProtocolError, encode_ack
+from fluent_ld.forward.codec import Decoder, Frame, Heartbeat, Ping, ProtocolError, Request, encode_ack
 from fluent_ld.forward.handshake import Handshake
 from fluent_ld.plugin import BufferFullError
 
@@ -44,7 +44,7 @@ class ForwardConnection(asyncio.Protocol):
         self.hostname: str | None = None
         self.decoder = Decoder(source.limits, source.conf.skip_invalid_event, lazy=True)
         self.handshake: Handshake | None = None
-        self.pending: deque[Frame] = deque()
+        self.pending: deque[Frame | Request] = deque()  # a Request: small, decoded by the codec
         # One admit task per pending request, started as soon as it is decoded: admits of one
         # connection overlap (their store commits share an fsync) while acks still go out in order.
         self.admits: deque[asyncio.Task[Admitted]] = deque()
@@ -158,7 +158,7 @@ class ForwardConnection(asyncio.Protocol):
                     self._pause("requests pending")
                     return
                 event = self.decoder.next_event(now)
-                if type(event) is Frame:
+                if type(event) is Frame or type(event) is Request:
                     self._received(event, now)
                 elif type(event) is Ping:
                     self._ping(event)
@@ -213,7 +213,7 @@ class ForwardConnection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _received(self, frame: Frame, now_ns: int) -> None:
+    def _received(self, frame: Frame | Request, now_ns: int) -> None:
         if self.handshake is not None:
             raise ProtocolError("a request before the handshake completed")
         source = self.source
@@ -258,7 +258,7 @@ class ForwardConnection(asyncio.Protocol):
             self.admits.popleft()
             self._maybe_resume()
 
-    async def _admit(self, frame: Frame, now_ns: int) -> Admitted:
+    async def _admit(self, frame: Frame | Request, now_ns: int) -> Admitted:
         source = self.source
         conf = source.conf
         tag = conf.tag or frame.tag
@@ -272,7 +272,13 @@ class ForwardConnection(asyncio.Protocol):
             if conf.source_hostname_key:
                 extra[conf.source_hostname_key] = await self._peer_hostname()
         emitter = source.emitter
-        admitted = await emitter.admit_frame(tag, frame, Decoding(source.limits, conf.skip_invalid_event, now_ns, extra))
+        if type(frame) is Request:
+            if extra:
+                for _, record in frame.entries:
+                    record.update(extra)
+            admitted = Admitted(frame.chunk, frame.mode, frame.invalid, frame.markers, entries=frame.entries)
+        else:
+            admitted = await emitter.admit_frame(tag, frame, Decoding(source.limits, conf.skip_invalid_event, now_ns, extra))
         if admitted.invalid:
             source.count("invalid_events", admitted.invalid)
             source.invalid.inc(admitted.invalid)
