@@ -10,6 +10,7 @@ per-record Python.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from array import array
 from collections.abc import Iterable
@@ -54,9 +55,11 @@ class DeadLetter:
 @dataclass(slots=True)
 class Encoded:
     """One request, ready for the store: ``data`` is the fragments joined by the store's
-    separator, ``lengths`` their lengths (uint32), ``nbytes`` their bytes without separators."""
+    separator, ``lengths`` their lengths (uint32), ``nbytes`` their bytes without separators.
+    Pickled with protocol 5 (from a pool process), ``data`` travels out of band and arrives as a
+    read-only memoryview."""
 
-    data: bytes = b""
+    data: bytes | memoryview = b""
     lengths: array = field(default_factory=lambda: array("I"))
     nbytes: int = 0
     oldest_ms: int = 0
@@ -67,6 +70,10 @@ class Encoded:
     @property
     def count(self) -> int:
         return len(self.lengths)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        data = pickle.PickleBuffer(self.data) if protocol >= 5 and self.data else self.data
+        return (Encoded, (data, self.lengths, self.nbytes, self.oldest_ms, self.dead, self.records, self.unmapped))
 
 
 class Encoder:

@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import socket
-import struct
 import subprocess
 import sys
 from collections import deque
@@ -27,15 +26,21 @@ from typing import Any
 from fluent_ld import metrics
 from fluent_ld.admission import Admitted, Decoding, Encoder
 from fluent_ld.forward.codec import Frame, ProtocolError
+from fluent_ld.pool_process import HEAD, LENGTH, pack, unpack
 
 __all__ = ["Pool", "PoolError", "PoolUnavailable", "default_size"]
 
 log = logging.getLogger("fluent_ld.pool")
 
-HEADER = struct.Struct(">I")
 # Requests sent to one process before it answers the first: one being worked on and one waiting in
 # its socket, so the process never idles while the event loop gets round to its answer.
 JOBS_PER_PROCESS = 2
+# A request under SMALL_JOB_BYTES is done on the event loop (a few milliseconds at most) rather than
+# wait behind a process's work of BUSY_BYTES or more (tens of milliseconds and up: a 32 MiB
+# request takes the better part of a second), so that one large request does not hold up the acks
+# of every other connection.
+SMALL_JOB_BYTES = 256 * 1024
+BUSY_BYTES = 1024 * 1024
 # A process that dies is replaced at once, then after doubling waits up to this long if it keeps
 # dying (a broken install must not fork in a tight loop).
 RESTART_MAX_WAIT = 30.0
@@ -77,7 +82,7 @@ class Pool:
     async def start(self) -> None:
         """Start the processes; they become ready in the background (about a second: a fresh
         interpreter imports the mapping), and requests are done inline until then."""
-        self._setup = pickle.dumps(self.encoders, protocol=pickle.HIGHEST_PROTOCOL)
+        self._setup = pack(self.encoders)
         for number in range(self.size):
             process = _Process(self, number)
             self.processes.append(process)
@@ -95,25 +100,33 @@ class Pool:
         """Decode and encode ``frame`` in a pool process. Raises :class:`ProtocolError` (the
         request is not the forward protocol), :class:`PoolError` (the process died) or
         :class:`PoolUnavailable` (no process is ready: do it inline)."""
+        size = frame.wire_size
         while True:
-            process = self._pick()
+            process = self._pick(size)
             if process is not None:
                 break
-            if self._stopping or not self.ready:
+            if self._stopping or not self.ready or (size < SMALL_JOB_BYTES and self._all_busy()):
                 raise PoolUnavailable
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
         job_id = next(self._jobs)
-        return await process.submit(job_id, (job_id, output_id, tag, frame, decoding))
+        return await process.submit(job_id, (job_id, output_id, tag, frame, decoding), size)
 
-    def _pick(self) -> _Process | None:
+    def _pick(self, size: int) -> _Process | None:
+        """The ready process with a free slot and the least work; none for a small request when
+        that one is busy with a large one (it would wait behind it)."""
         best = None
         for process in self.processes:
             if process.ready and len(process.jobs) < JOBS_PER_PROCESS:
-                if best is None or len(process.jobs) < len(best.jobs):
+                if best is None or process.outstanding < best.outstanding:
                     best = process
+        if best is not None and size < SMALL_JOB_BYTES and best.outstanding >= BUSY_BYTES:
+            return None
         return best
+
+    def _all_busy(self) -> bool:
+        return all(p.outstanding >= BUSY_BYTES for p in self.processes if p.ready)
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -147,21 +160,27 @@ class Pool:
         task.add_done_callback(self._restarts.discard)
 
 
-class _Process(asyncio.Protocol):
-    """One pool process and its end of the socket pair."""
+class _Process:
+    """One pool process and the node's end of its socket pair (non-blocking, read and written
+    here directly: a request of tens of MB goes out with ``sendmsg`` from its own buffer, never
+    copied into a transport's buffer and moved along it as it drains)."""
 
     def __init__(self, pool: Pool, number: int) -> None:
         self.pool = pool
         self.number = number
         self.popen: subprocess.Popen | None = None
         self.pid: int | None = None
-        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
         self.jobs: dict[int, asyncio.Future[Admitted]] = {}
+        self.job_bytes: dict[int, int] = {}
+        self.outstanding = 0  # wire bytes of the jobs it holds
         self.ready = False
         self.lost = 0  # jobs failed by the last death
         self.wait = 0.0  # before the next restart
-        self._buf = bytearray()
         self._started_at = 0.0
+        self._out: deque[memoryview] = deque()  # what is still to be sent
+        self._writing = False
+        self._reader = _Reader()
 
     async def spawn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,44 +201,84 @@ class _Process(asyncio.Protocol):
             theirs.close()
         self.pid = self.popen.pid
         self._started_at = loop.time()
-        self._buf = bytearray()
-        await loop.create_unix_connection(lambda: self, sock=ours)
-        assert self.transport is not None
-        self.transport.write(_frame_bytes(self.pool._setup))
+        ours.setblocking(False)
+        self.sock = ours
+        self._out.clear()
+        self._writing = False
+        self._reader = _Reader()
+        loop.add_reader(ours.fileno(), self._readable)
+        self._send(self.pool._setup)
 
     async def respawn(self) -> None:
         await asyncio.sleep(self.wait)
         if not self.pool._stopping:
             await self.spawn()
 
-    async def submit(self, job_id: int, job: tuple[Any, ...]) -> Admitted:
+    async def submit(self, job_id: int, job: tuple[Any, ...], size: int) -> Admitted:
         future: asyncio.Future[Admitted] = asyncio.get_running_loop().create_future()
         self.jobs[job_id] = future
-        assert self.transport is not None
-        self.transport.write(_frame_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)))
+        self.job_bytes[job_id] = size
+        self.outstanding += size
+        self._send(pack(job))
         try:
             return await future
         finally:
             self.jobs.pop(job_id, None)
+            self.outstanding -= self.job_bytes.pop(job_id, 0)
             self.pool._wake_one()
 
-    # -- asyncio callbacks ------------------------------------------------------------------------
+    # -- the socket -------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _send(self, parts: list[Any]) -> None:
+        if self.sock is None:
+            return  # dead: its jobs have failed already
+        self._out.extend(memoryview(p).cast("B") for p in parts)
+        if not self._writing:
+            self._writable()
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buf)
-            end = HEADER.size + size
-            if len(buf) < end:
+    def _writable(self) -> None:
+        sock, out = self.sock, self._out
+        while out and sock is not None:
+            try:
+                sent = sock.sendmsg(list(itertools.islice(out, _IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
                 break
-            with memoryview(buf) as view:
-                message = pickle.loads(view[HEADER.size : end])
-            del buf[:end]
+            except OSError as exc:
+                self._lost(exc)
+                return
+            while sent:
+                first = out[0]
+                if sent >= first.nbytes:
+                    sent -= first.nbytes
+                    out.popleft()
+                else:
+                    out[0] = first[sent:]
+                    sent = 0
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        if out and not self._writing:
+            loop.add_writer(sock.fileno(), self._writable)
+            self._writing = True
+        elif not out and self._writing:
+            loop.remove_writer(sock.fileno())
+            self._writing = False
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            messages = self._reader.read(sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            self._lost(exc)
+            return
+        for message in messages:
             self._answer(message)
+        if self._reader.closed:
+            self._lost(None)
 
     def _answer(self, message: Any) -> None:
         if message[0] == "ready":
@@ -239,9 +298,24 @@ class _Process(asyncio.Protocol):
         else:
             future.set_exception(RuntimeError(f"pool process {self.number}: {value}"))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _close_socket(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        if self._writing:
+            loop.remove_writer(sock.fileno())
+            self._writing = False
+        self._out.clear()
+        sock.close()
+
+    def _lost(self, exc: BaseException | None) -> None:
+        """The process's end of the socket closed (it died) or the stream broke."""
+        if self.sock is None:
+            return
+        self._close_socket()
         self.ready = False
-        self.transport = None
         self.lost = 0
         for future in self.jobs.values():
             if not future.done():
@@ -249,7 +323,7 @@ class _Process(asyncio.Protocol):
                 self.lost += 1
         if self.pool._stopping:
             return  # stop() waits for the process
-        why = "closed its connection"
+        why = "closed its connection" if exc is None else f"broke its connection ({exc!r})"
         if self.popen is not None:
             code = self.popen.poll()
             if code is None:  # alive but unreachable: of no use any more
@@ -263,8 +337,7 @@ class _Process(asyncio.Protocol):
 
     async def stop(self) -> None:
         self.ready = False
-        if self.transport is not None:
-            self.transport.close()  # the process sees the end of its stream and exits
+        self._close_socket()  # the process sees the end of its stream and exits
         if self.popen is not None and self.popen.poll() is None:
             loop = asyncio.get_running_loop()
             try:
@@ -274,5 +347,73 @@ class _Process(asyncio.Protocol):
                 await loop.run_in_executor(None, self.popen.wait)
 
 
-def _frame_bytes(body: bytes) -> bytes:
-    return HEADER.pack(len(body)) + body
+class _Reader:
+    """Reads messages (see :func:`fluent_ld.pool_process.pack`) from a non-blocking socket straight
+    into buffers of their exact sizes: the head, the buffer lengths, the pickle, each buffer."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._start(bytearray(HEAD.size), self._got_head)
+
+    def _start(self, target: bytearray, then: Any) -> None:
+        self._target, self._view, self._got, self._then = target, memoryview(target), 0, then
+
+    def read(self, sock: socket.socket) -> list[Any]:
+        """The messages completed by what the socket has now; raises BlockingIOError when it
+        has nothing."""
+        done: list[Any] = []
+        while True:
+            want = len(self._target) - self._got
+            if want:
+                try:
+                    n = sock.recv_into(self._view[self._got :], min(want, _READ_MAX))
+                except (BlockingIOError, InterruptedError):
+                    if done:
+                        return done
+                    raise
+                if n == 0:
+                    self.closed = True
+                    return done
+                self._got += n
+                if n < want:
+                    continue
+            message = self._then(self._target)
+            if message is not _MORE:
+                done.append(message)
+
+    def _got_head(self, head: bytearray) -> Any:
+        self._size, count = HEAD.unpack(head)
+        self._buffers: list[bytearray] = []
+        if count:
+            self._start(bytearray(LENGTH.size * count), self._got_lengths)
+        else:
+            self._lengths: list[int] = []
+            self._start(bytearray(self._size), self._got_body)
+        return _MORE
+
+    def _got_lengths(self, lengths: bytearray) -> Any:
+        self._lengths = [n for (n,) in LENGTH.iter_unpack(lengths)]
+        self._start(bytearray(self._size), self._got_body)
+        return _MORE
+
+    def _got_body(self, body: bytearray) -> Any:
+        self._body = body
+        return self._next_buffer()
+
+    def _got_buffer(self, buffer: bytearray) -> Any:
+        self._buffers.append(buffer)
+        return self._next_buffer()
+
+    def _next_buffer(self) -> Any:
+        if len(self._buffers) < len(self._lengths):
+            self._start(bytearray(self._lengths[len(self._buffers)]), self._got_buffer)
+            return _MORE
+        message = unpack(self._body, self._buffers)
+        self._body, self._buffers = bytearray(), []
+        self._start(bytearray(HEAD.size), self._got_head)
+        return message
+
+
+_MORE = object()
+_IOV_MAX = 64
+_READ_MAX = 1 << 22  # per recv_into: a big answer is read in pieces of at most 4 MiB

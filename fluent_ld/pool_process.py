@@ -1,6 +1,7 @@
 """The program a pool process runs (``python -m fluent_ld.pool_process FD``).
 
-It talks to its node over one end of a socket pair: length-prefixed pickles, one request at a time.
+It talks to its node over one end of a socket pair: pickles whose large byte strings travel beside
+them (see :func:`pack`), one request at a time.
 First it receives the encoders of the node's outputs (by plugin id) and answers ``("ready", pid)``;
 then each job ``(job_id, output_id, tag, frame, decoding)`` is answered ``(job_id, "ok",
 Admitted)``, ``(job_id, "protocol", reason)`` for a request that is not the forward protocol, or
@@ -17,28 +18,60 @@ import signal
 import socket
 import struct
 import sys
+from typing import Any
 
 from fluent_ld.admission import encode_frame
 from fluent_ld.forward.codec import ProtocolError
 
-HEADER = struct.Struct(">I")
+# A message: HEAD (the pickle's length, how many out-of-band buffers follow), one LENGTH per buffer,
+# the pickle (protocol 5), then the buffers. The bytes of a request and of its encoded events travel
+# as out-of-band buffers (see Frame and Encoded): never copied into a pickle, never joined.
+HEAD = struct.Struct(">II")
+LENGTH = struct.Struct(">Q")
+
+
+def pack(message: object) -> list[Any]:
+    """``message`` as the parts of one message, to be sent in order (with ``sendmsg``)."""
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    head = HEAD.pack(len(body), len(raws)) + b"".join(LENGTH.pack(r.nbytes) for r in raws)
+    return [head, body, *raws]
+
+
+def unpack(body: bytes | bytearray, buffers: list[bytearray]) -> object:
+    return pickle.loads(body, buffers=buffers)
 
 
 def send(sock: socket.socket, message: object) -> None:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(HEADER.pack(len(body)) + body)
+    parts = [memoryview(p).cast("B") for p in pack(message)]
+    while parts:
+        sent = sock.sendmsg(parts[:_IOV_MAX])
+        while sent:
+            if sent >= parts[0].nbytes:
+                sent -= parts.pop(0).nbytes
+            else:
+                parts[0] = parts[0][sent:]
+                sent = 0
 
 
 def receive(sock: socket.socket) -> object | None:
     """The next message, or None at the end of the stream."""
-    header = _exactly(sock, HEADER.size)
-    if header is None:
+    head = _exactly(sock, HEAD.size)
+    if head is None:
         return None
-    (size,) = HEADER.unpack(header)
+    size, count = HEAD.unpack(head)
+    lengths = _exactly(sock, LENGTH.size * count) if count else bytearray()
     body = _exactly(sock, size)
-    if body is None:
+    if lengths is None or body is None:
         return None
-    return pickle.loads(body)
+    buffers = []
+    for (length,) in LENGTH.iter_unpack(lengths):
+        buffer = _exactly(sock, length)
+        if buffer is None:
+            return None
+        buffers.append(buffer)
+    return unpack(body, buffers)
 
 
 def _exactly(sock: socket.socket, size: int) -> bytearray | None:
@@ -51,6 +84,9 @@ def _exactly(sock: socket.socket, size: int) -> bytearray | None:
             return None
         got += n
     return buf
+
+
+_IOV_MAX = 64
 
 
 def serve(sock: socket.socket) -> None:

@@ -22,6 +22,7 @@ seconds 0xFFFFFFFF / 0xFFFFFFFE) are recognised and not emitted as events.
 
 from __future__ import annotations
 
+import pickle
 import struct
 import zlib
 from collections import deque
@@ -143,11 +144,16 @@ class Frame:
     """A request whose framing has been checked (it is one whole msgpack message, an array whose
     first element is a valid tag) but which is not decoded yet: :func:`open_request` decodes it,
     wherever that is cheapest (on the event loop for small ones, in a pool process for the rest).
-    ``data`` is the whole message as it came on the wire."""
+    ``data`` is the whole message as it came on the wire (any bytes-like object: it is only read).
+    Pickled with protocol 5, ``data`` travels out of band, not copied into the pickle."""
 
     tag: str
-    data: bytes
+    data: bytes | bytearray | memoryview
     wire_size: int
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        data = pickle.PickleBuffer(self.data) if protocol >= 5 else bytes(self.data)
+        return (Frame, (self.tag, data, self.wire_size))
 
 
 @dataclass(slots=True)
@@ -232,13 +238,15 @@ class Decoder:
         self._framer = msgpack.Unpacker(
             read_size=min(16384, limits.chunk_size_limit), max_buffer_size=limits.chunk_size_limit
         )
-        self._buf = bytearray()  # the stream from the start of the message being framed
-        self._start = 0  # stream offset of self._buf[0], where the message being framed starts
+        # The stream from the start of the message being framed, as the pieces it came in (joined
+        # once, when the message is whole: no copy of a growing buffer per read).
+        self._parts: deque[bytes | memoryview] = deque()
+        self._start = 0  # stream offset of the first byte in self._parts, where that message starts
         self._fed = 0  # bytes fed so far
         self._head_checked = False  # the first bytes of the message being framed were checked
         # Messages already split off by receive_data (see there), with their wire sizes, and the
         # error that followed them: handed out by next_event in stream order.
-        self._ahead: deque[bytes] = deque()
+        self._ahead: deque[bytes | memoryview] = deque()
         self._error: ProtocolError | None = None
         self._small = limits.unpacker(limits.chunk_size_limit)  # for small messages (see _SMALL)
 
@@ -279,11 +287,44 @@ class Decoder:
             view = view[len(piece):]
 
     def _feed(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        if type(data) is not bytes and not (type(data) is memoryview and data.readonly):
+            data = bytes(data)  # a buffer its owner may reuse: keep a copy
         self._framer.feed(data)
-        self._buf += data
+        self._parts.append(data)
         self._fed += len(data)
 
-    def _frame(self) -> bytes:
+    def _take(self, size: int) -> bytes | memoryview:
+        """The first ``size`` bytes of the pieces held, removed from them: the piece itself when
+        the message is all in one (a read holding whole messages hands them out without a copy)."""
+        parts = self._parts
+        out: list[bytes | memoryview] = []
+        got = 0
+        while got < size:
+            part = parts[0]
+            n = len(part)
+            if got + n <= size:
+                out.append(parts.popleft())
+                got += n
+            else:
+                view = memoryview(part)
+                out.append(view[: size - got])
+                parts[0] = view[size - got :]
+                got = size
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _peek(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the start of the message being framed."""
+        out, got = [], 0
+        for part in self._parts:
+            out.append(part[: size - got])
+            got += len(out[-1])
+            if got >= size:
+                break
+        return b"".join(out)
+
+    def _frame(self) -> bytes | memoryview:
         """The next whole message's bytes; :class:`msgpack.OutOfData` while it is incomplete."""
         if self._fed == self._start:
             raise msgpack.OutOfData
@@ -299,13 +340,7 @@ class Decoder:
         except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(f"malformed msgpack: {exc}") from None
         end = self._framer.tell()
-        size = end - self._start
-        if size == len(self._buf):  # the common case: nothing of the next message yet
-            message = bytes(self._buf)
-            self._buf.clear()
-        else:
-            message = bytes(self._buf[:size])
-            del self._buf[:size]  # O(1) at the front of a bytearray
+        message = self._take(end - self._start)
         self._start = end
         self._head_checked = False
         return message
@@ -313,10 +348,10 @@ class Decoder:
     def _check_head(self) -> None:
         """A declared length over the limits at the start of a message is refused before its
         elements arrive (its first bytes are parsed as they come)."""
-        if self._fed - self._start < _LENGTH_BYTES.get(self._buf[0], 1):
+        if self._fed - self._start < _LENGTH_BYTES.get(self._parts[0][0], 1):
             raise msgpack.OutOfData  # the length is not whole yet: checked with more bytes
         unpacker = self.limits.unpacker(self.limits.chunk_size_limit)
-        unpacker.feed(bytes(self._buf[:_HEAD]))
+        unpacker.feed(self._peek(_HEAD))
         try:
             unpacker.unpack()
         except msgpack.OutOfData:
@@ -332,7 +367,7 @@ class Decoder:
         if not self._ahead:
             raise error
 
-    def _small_message(self, message: bytes, now_ns: int) -> Request | Ping:
+    def _small_message(self, message: bytes | memoryview, now_ns: int) -> Request | Ping:
         if message[0] not in _ARRAY_HEADER:
             raise ProtocolError(f"a request must be an array, got {_KINDS.get(message[0], 'a scalar')}")
         unpacker = self._small
@@ -390,7 +425,7 @@ _STR_HEADER = {**{b: 1 for b in range(0xA0, 0xC0)}, 0xD9: 2, 0xDA: 3, 0xDB: 5, 0
 _ARRAY_HEADER = {**{b: 1 for b in range(0x90, 0xA0)}, 0xDC: 3, 0xDD: 5}
 
 
-def _head(message: bytes, limits: DecoderLimits, head_bytes: int = 4096) -> Frame | Heartbeat | Ping:
+def _head(message: bytes | memoryview, limits: DecoderLimits, head_bytes: int = 4096) -> Frame | Heartbeat | Ping:
     """A whole message: a heartbeat, a PING, or a request framed with its tag (the rest is decoded
     by :func:`open_request`)."""
     if message == b"\xc0":
