@@ -692,7 +692,7 @@ def main() -> int:
     print(f"\n{time.monotonic() - started:.0f} s")
     report = {"benchmark": "realistic", "machine": results.machine(), "quick": quick, "rows": rows,
               "corpus": {"records": len(records), "mean_json_bytes": statistics.mean(sizes), "accepted": accepted}}
-    out = results.write(report, args.out, quick, "realistic.json")
+    out = results.write(report, args.out, quick or bool(args.only or args.runs), "realistic.json")  # only a full run replaces results/
     if out is not None:
         print(f"written: {out}")
     return 0
