@@ -600,7 +600,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=0, help="samples per row (default 3, 1 with --quick)")
     parser.add_argument("--only", metavar="PART", action="append", default=[],
                         help="run only the rows whose kind contains PART: FRAMING/PER_REQUEST/on|off for the load rows "
-                             "(fluentbit_forward/1000/on, fluentbit_gzip, fluentd_packed), message, slim, gap; repeatable")
+                             "(fluentbit_forward/1000/on, fluentbit_gzip, fluentd_packed), message, slim, gap/on|off|1; repeatable")
     args = parser.parse_args()
 
     def wanted(kind: str) -> bool:
@@ -679,7 +679,9 @@ def main() -> int:
     big, big_n, zipped, zip_n, inflated = huge_requests(records, quick)
     # pool_size 1 (the default on a one-core machine): small requests share the one process with the
     # huge ones.
-    for pool in ((None, 0, 1) if supported and not quick else (None,)) if wanted("gap") else ():
+    for pool in ((None, 0, 1) if supported and not quick else (None,)):
+        if not wanted(f"gap/{ {None: 'on', 0: 'off'}.get(pool, pool)}"):
+            continue
         gap = ack_gap_run(ld, pool, big, big_n, zipped, zip_n)
         figure = (f"worst ack gap, 10 records every 20 ms beside a {len(big) / 2**20:.0f} MiB Fluentd request "
                   f"and a {len(zipped) / 2**20:.1f} MiB gzip request inflating to {inflated / 2**20:.0f} MiB, {pool_label(pool, supported)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import mmap
 import logging
 import os
 import pickle
@@ -26,7 +27,7 @@ from typing import Any
 from fluent_ld import metrics
 from fluent_ld.admission import Admitted, Decoding, Encoder
 from fluent_ld.forward.codec import Frame, ProtocolError
-from fluent_ld.pool_process import HEAD, LENGTH, pack, unpack
+from fluent_ld.pool_process import HEAD, LENGTH, buffer, pack, unpack
 
 __all__ = ["Pool", "PoolError", "PoolUnavailable", "default_size"]
 
@@ -355,8 +356,8 @@ class _Reader:
         self.closed = False
         self._start(bytearray(HEAD.size), self._got_head)
 
-    def _start(self, target: bytearray, then: Any) -> None:
-        self._target, self._view, self._got, self._then = target, memoryview(target), 0, then
+    def _start(self, target: bytearray | mmap.mmap, then: Any) -> None:
+        self._target, self._view, self._got, self._then = target, memoryview(target).cast("B"), 0, then
 
     def read(self, sock: socket.socket) -> list[Any]:
         """The messages completed by what the socket has now; raises BlockingIOError when it
@@ -383,30 +384,30 @@ class _Reader:
 
     def _got_head(self, head: bytearray) -> Any:
         self._size, count = HEAD.unpack(head)
-        self._buffers: list[bytearray] = []
+        self._buffers: list[Any] = []
         if count:
             self._start(bytearray(LENGTH.size * count), self._got_lengths)
         else:
             self._lengths: list[int] = []
-            self._start(bytearray(self._size), self._got_body)
+            self._start(buffer(self._size), self._got_body)
         return _MORE
 
     def _got_lengths(self, lengths: bytearray) -> Any:
         self._lengths = [n for (n,) in LENGTH.iter_unpack(lengths)]
-        self._start(bytearray(self._size), self._got_body)
+        self._start(buffer(self._size), self._got_body)
         return _MORE
 
-    def _got_body(self, body: bytearray) -> Any:
+    def _got_body(self, body: Any) -> Any:
         self._body = body
         return self._next_buffer()
 
-    def _got_buffer(self, buffer: bytearray) -> Any:
-        self._buffers.append(buffer)
+    def _got_buffer(self, received: Any) -> Any:
+        self._buffers.append(received)
         return self._next_buffer()
 
     def _next_buffer(self) -> Any:
         if len(self._buffers) < len(self._lengths):
-            self._start(bytearray(self._lengths[len(self._buffers)]), self._got_buffer)
+            self._start(buffer(self._lengths[len(self._buffers)]), self._got_buffer)
             return _MORE
         message = unpack(self._body, self._buffers)
         self._body, self._buffers = bytearray(), []

@@ -12,6 +12,7 @@ away (end of stream), it exits.
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import pickle
 import signal
@@ -39,7 +40,7 @@ def pack(message: object) -> list[Any]:
     return [head, body, *raws]
 
 
-def unpack(body: bytes | bytearray, buffers: list[bytearray]) -> object:
+def unpack(body: bytes | bytearray | mmap.mmap, buffers: list[Any]) -> object:
     return pickle.loads(body, buffers=buffers)
 
 
@@ -74,8 +75,15 @@ def receive(sock: socket.socket) -> object | None:
     return unpack(body, buffers)
 
 
-def _exactly(sock: socket.socket, size: int) -> bytearray | None:
-    buf = bytearray(size)
+def buffer(size: int) -> bytearray | mmap.mmap:
+    """A writable buffer to receive ``size`` bytes into. A large one is an anonymous mapping: its
+    pages are zeroed by the kernel as the data arrives (in ``recv_into``, without the GIL), not
+    all at once by ``bytearray(size)`` first."""
+    return bytearray(size) if size < _MAPPED else mmap.mmap(-1, size)
+
+
+def _exactly(sock: socket.socket, size: int) -> bytearray | mmap.mmap | None:
+    buf = buffer(size)
     view = memoryview(buf)
     got = 0
     while got < size:
@@ -87,6 +95,7 @@ def _exactly(sock: socket.socket, size: int) -> bytearray | None:
 
 
 _IOV_MAX = 64
+_MAPPED = 1 << 20
 
 
 def serve(sock: socket.socket) -> None:

@@ -571,22 +571,24 @@ def _drop_batch(conn: sqlite3.Connection, batch: Batch) -> bool:
 
 def _load_batch(conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id: str, tag: str | None, segments: bytes, *rest: Any) -> Batch:
     """A batch with its bytes, joined from the pending rows it refers to (always the same bytes:
-    those rows are never rewritten while a batch refers to them)."""
+    those rows are never rewritten while a batch refers to them). Only the bytes the batch holds
+    are read from each row (a row of a 64 MiB request is cut into many batches): SQLite slices
+    them while the GIL is released, and only the slice is copied into Python."""
     triples = _unpack_segments(segments)
     ids = sorted({row for row, _, _ in triples})
     marks = ",".join("?" * len(ids))
-    stored = {
-        r[0]: (r[1], r[2])
-        for r in conn.execute(f"SELECT p.id, d.data, p.lengths FROM pending p JOIN pending_data d ON d.id = p.id WHERE p.id IN ({marks})", ids)
-    }
+    stored = dict(conn.execute(f"SELECT id, lengths FROM pending WHERE id IN ({marks})", ids).fetchall())
     seplen = len(sep)
     parts = []
     for row, first, end in triples:
-        data, packed = stored[row]
-        lengths = unpack_lengths(packed)
-        start = sum(lengths[:first]) + first * seplen
-        stop = start + sum(lengths[first:end]) + (end - first - 1) * seplen
-        parts.append(data[start:stop] if (start, stop) != (0, len(data)) else data)
+        lengths = unpack_lengths(stored[row])
+        if first == 0 and end == len(lengths):
+            (data,) = conn.execute("SELECT data FROM pending_data WHERE id = ?", (row,)).fetchone()
+        else:
+            start = sum(lengths[:first]) + first * seplen
+            size = sum(lengths[first:end]) + (end - first - 1) * seplen
+            (data,) = conn.execute("SELECT substr(data, ?, ?) FROM pending_data WHERE id = ?", (start + 1, size, row)).fetchone()
+        parts.append(data)
     return Batch(batch_id, payload_id, tag, sep.join(parts), *rest, segments)
 
 
