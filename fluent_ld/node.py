@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from fluent_ld import metrics
@@ -126,6 +127,9 @@ class Node:
             self._started.append(plugin)
         await self.refresh_metrics()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_metrics_forever(), name="metrics")
+        # What start-up made (modules, schemas, the plugins) lives as long as the node: out of the
+        # collector's sight, a full collection walks only what came since, not stalling the loop.
+        gc.freeze()
         where = ""
         if self.elsewhere:
             where = f" (as worker {self.worker}; worker 0 serves {', '.join(pc.type_name for pc in self.elsewhere)})"
