@@ -227,16 +227,19 @@ class Store:
 
     def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
         """One transaction for the whole group; each operation in a savepoint, so one that fails
-        fails alone. Results are delivered only after the commit (the fsync) returned."""
+        fails alone (appends queued one after another are one operation: one row for all of them,
+        see :class:`_Append`). Results are delivered only after the commit (the fsync) returned,
+        all in one call to the event loop."""
         results = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             changes = conn.total_changes
-            for fn, future in group:
+            for fn, futures in _coalesce(group, self.separator):
                 conn.execute("SAVEPOINT op")
                 try:
-                    results.append((future, True, fn(conn, self)))
+                    value = fn(conn, self)
                     conn.execute("RELEASE op")
+                    results.extend((future, True, value) for future in futures)
                 except Exception as exc:  # the operation's own failure: roll back just it
                     if not conn.in_transaction:
                         # SQLite rolled the whole transaction back itself (SQLITE_FULL, SQLITE_IOERR):
@@ -244,7 +247,7 @@ class Store:
                         raise _GroupLost(exc) from exc
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    results.append((future, False, exc))
+                    results.extend((future, False, exc) for future in futures)
             started = time.perf_counter()
             conn.execute("COMMIT")
             elapsed = time.perf_counter() - started
@@ -263,8 +266,7 @@ class Store:
             self.last_error = str(error)
             self._failed_at = time.monotonic()
             results = [(future, False, error) for _, future in group]
-        for future, ok, value in results:
-            self._loop.call_soon_threadsafe(_set_result if ok else _set_exception, future, value)
+        self._loop.call_soon_threadsafe(_deliver, results)
 
     def _call(self, fn: Callable[[sqlite3.Connection, Store], Any]) -> asyncio.Future:
         if self._thread is None:
@@ -279,14 +281,7 @@ class Store:
         """Store one request's events (``data``: fragments joined by ","; ``nbytes``: the
         fragments' own bytes) and its dead letters; returns once they are on disk."""
         count = len(lengths)
-        packed = pack_lengths(lengths)
-        now = time.time()
-
-        def op(conn: sqlite3.Connection, store: Store) -> None:
-            if count:
-                _insert_pending(conn, tag, data, packed, count, nbytes, oldest_ms, now)
-            _insert_dead(conn, dead, now)
-
+        op = _Append(tag, data, lengths, nbytes, oldest_ms, dead, time.time())
         await self._call(op)
         self._appended_at = time.monotonic()
         self.pending_events += count
@@ -502,6 +497,74 @@ class Store:
 
 
 # -- helpers run on the writer thread ---------------------------------------------------------------
+
+
+def _deliver(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, ok, value in results:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+@dataclass(slots=True)
+class _Append:
+    """One request's events and dead letters, to store. Appends that follow one another in a
+    group (the requests of many connections, or Fluent Bit's many small chunks) are stored as one
+    pending row: one insert, and later one delete, instead of one per request."""
+
+    tag: str | None
+    data: Any  # bytes-like: fragments joined by the store's separator
+    lengths: Sequence[int]
+    nbytes: int
+    oldest_ms: int
+    dead: Sequence[DeadLetter]
+    now: float
+
+    def __call__(self, conn: sqlite3.Connection, store: Store) -> None:
+        if self.lengths:
+            _insert_pending(conn, self.tag, self.data, pack_lengths(self.lengths), len(self.lengths), self.nbytes, self.oldest_ms, self.now)
+        _insert_dead(conn, self.dead, self.now)
+
+
+def _coalesce(group: list, sep: bytes) -> list[tuple[Callable[[sqlite3.Connection, Store], Any], list[asyncio.Future]]]:
+    """The group's operations in order, each with the futures it answers; appends of the same tag
+    that follow one another become one."""
+    out: list[tuple[Any, list[asyncio.Future]]] = []
+    run: list[tuple[_Append, asyncio.Future]] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append((run[0][0], [run[0][1]]))
+        elif run:
+            out.append((_merge([a for a, _ in run], sep), [f for _, f in run]))
+        run.clear()
+
+    for fn, future in group:
+        if type(fn) is _Append:
+            if run and run[0][0].tag != fn.tag:
+                close_run()
+            run.append((fn, future))
+        else:
+            close_run()
+            out.append((fn, [future]))
+    close_run()
+    return out
+
+
+def _merge(appends: list[_Append], sep: bytes) -> _Append:
+    full = [a for a in appends if a.lengths]
+    lengths = array("I")
+    for a in full:
+        lengths.extend(a.lengths if type(a.lengths) is array else array("I", a.lengths))
+    dead = [d for a in appends for d in a.dead]
+    if not full:
+        return _Append(appends[0].tag, b"", lengths, 0, 0, dead, appends[0].now)
+    return _Append(
+        appends[0].tag, sep.join(a.data for a in full), lengths, sum(a.nbytes for a in full),
+        min(a.oldest_ms for a in full), dead, min(a.now for a in full),
+    )
 
 
 def _set_result(future: asyncio.Future, value: Any) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from fluent_ld.plugin import BufferFullError
 from fluent_ld.sources import forward_connection
-from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, ForwardConnection
+from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, PENDING_ALWAYS, ForwardConnection
 from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 from test_forward_security import SECURE, connect, ping
 
@@ -332,7 +332,7 @@ def test_a_reset_while_requests_wait_for_admit_keeps_the_records():
         n.call(setattr, n.output(), "delay", 0.05)
         s = raw_socket(n.port)
         s.sendall(b"".join(forward_request("a", [{"n": i}], chunk=f"c{i}") for i in range(10)))
-        wait_until(lambda: n.source.stats["requests"] >= MAX_PENDING_REQUESTS, what="requests decoded")
+        wait_until(lambda: n.source.stats["requests"] >= PENDING_ALWAYS, what="requests decoded")
         reset(s)
         assert [r[2]["n"] for r in n.wait_records(10)] == list(range(10))
         n.call(setattr, n.output(), "delay", 0)
@@ -491,7 +491,8 @@ def test_shutdown_stops_reading_and_acks_exactly_what_it_admitted():
     acked, reading does not resume (before the fix each finished admit resumed it, so shutdown went
     on reading until shutdown_timeout)."""
     with node("shutdown_timeout 3s") as n:
-        n.call(setattr, n.output(), "delay", 0.02)
+        # Admits overlap: slow enough that the connection's pending requests reach their cap.
+        n.call(setattr, n.output(), "delay", 0.3)
         s = raw_socket(n.port)
         sender = Sender(s, [forward_request("a", [{"n": i}], chunk=f"c{i}") for i in range(400)], pause=0.002)
         sender.start()

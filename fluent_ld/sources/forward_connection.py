@@ -22,11 +22,17 @@ from fluent_ld.plugin import BufferFullError
 if TYPE_CHECKING:
     from fluent_ld.sources.forward import ForwardSource
 
-# Requests decoded but not yet admitted, per connection. Past this the socket stops being read, so
-# a fast client waits in its own send buffer rather than in our memory (one request can be up to
-# chunk_size_limit, so this also bounds a connection's memory at a few chunks). Bytes already read
-# beyond that stay undecoded in the decoder (at most one read plus one request) until there is room.
-MAX_PENDING_REQUESTS = 4
+# Requests decoded but not yet admitted, per connection: up to MAX_PENDING_REQUESTS while together
+# they hold less than PENDING_BYTES, and always PENDING_ALWAYS (a few large requests pipeline).
+# Past that the socket stops being read, so a fast client waits in its own send buffer rather than
+# in our memory: a connection holds at most PENDING_ALWAYS chunks, or PENDING_BYTES plus one. Many
+# small requests pending at once (Message mode: one record each) share store commits, which is what
+# lets a client that does not wait for acks go faster than one commit per record.
+# Bytes already read beyond that stay undecoded in the decoder (at most one read plus one request)
+# until there is room.
+MAX_PENDING_REQUESTS = 64
+PENDING_BYTES = 1 << 20
+PENDING_ALWAYS = 4
 
 # A connection the server closes (idle, malformed, refused handshake, half-closed by its client)
 # first flushes what it still has to write (its last acks). A client that never reads them kept it
@@ -45,6 +51,7 @@ class ForwardConnection(asyncio.Protocol):
         self.decoder = Decoder(source.limits, source.conf.skip_invalid_event, lazy=True)
         self.handshake: Handshake | None = None
         self.pending: deque[Frame | Request] = deque()  # a Request: small, decoded by the codec
+        self.pending_bytes = 0  # their wire sizes
         # One admit task per pending request, started as soon as it is decoded: admits of one
         # connection overlap (their store commits share an fsync) while acks still go out in order.
         self.admits: deque[asyncio.Task[Admitted]] = deque()
@@ -147,13 +154,13 @@ class ForwardConnection(asyncio.Protocol):
         self._decode()
 
     def _decode(self) -> None:
-        """Turn what the decoder holds into requests, but no more than MAX_PENDING_REQUESTS pending:
+        """Turn what the decoder holds into requests, but no more than :meth:`_full` allows:
         one read can hold thousands of small requests, and before this they were all decoded (and
         held) at once. The rest waits in the decoder, reading paused, until admits make room."""
         try:
             now = time.time_ns()
             while not self.closing:
-                if len(self.pending) >= MAX_PENDING_REQUESTS:
+                if self._full():
                     self.backlog = True
                     self._pause("requests pending")
                     return
@@ -227,6 +234,7 @@ class ForwardConnection(asyncio.Protocol):
                 source.conf.chunk_size_warn_limit,
             )
         self.pending.append(frame)
+        self.pending_bytes += frame.wire_size
         self.admits.append(asyncio.get_running_loop().create_task(self._admit(frame, now_ns)))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.get_running_loop().create_task(self._admit_pending())
@@ -254,7 +262,7 @@ class ForwardConnection(asyncio.Protocol):
             else:
                 if admitted.chunk is not None and not self.transport.is_closing():
                     self.transport.write(encode_ack(admitted.chunk))
-            self.pending.popleft()
+            self.pending_bytes -= self.pending.popleft().wire_size
             self.admits.popleft()
             self._maybe_resume()
 
@@ -311,6 +319,10 @@ class ForwardConnection(asyncio.Protocol):
 
     # -- flow control and closing ---------------------------------------------------------------
 
+    def _full(self) -> bool:
+        n = len(self.pending)
+        return n >= MAX_PENDING_REQUESTS or (n >= PENDING_ALWAYS and self.pending_bytes >= PENDING_BYTES)
+
     def _pause(self, why: str) -> None:
         if not self.paused and self.transport and not self.transport.is_closing():
             self.paused = True
@@ -319,7 +331,7 @@ class ForwardConnection(asyncio.Protocol):
     def _maybe_resume(self) -> None:
         """Called when a reason to pause may have gone (an admit finished, resume_writing, the
         connection lost): decode the backlog first, then resume reading if nothing holds it."""
-        if not (self.paused or self.backlog) or self.closing or len(self.pending) >= MAX_PENDING_REQUESTS:
+        if not (self.paused or self.backlog) or self.closing or self._full():
             return
         if self.backlog:
             # Held while the client does not read its acks; decoded anyway at shutdown or once the
