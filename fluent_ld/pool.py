@@ -106,7 +106,7 @@ class Pool:
             process = self._pick(size)
             if process is not None:
                 break
-            if self._stopping or not self.ready or (size < SMALL_JOB_BYTES and self._all_busy()):
+            if self._stopping or not self.ready or (size < SMALL_JOB_BYTES and self._busy()):
                 raise PoolUnavailable
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -122,12 +122,14 @@ class Pool:
             if process.ready and len(process.jobs) < JOBS_PER_PROCESS:
                 if best is None or process.outstanding < best.outstanding:
                     best = process
-        if best is not None and size < SMALL_JOB_BYTES and best.outstanding >= BUSY_BYTES:
+        if best is not None and size < SMALL_JOB_BYTES and self._busy():
             return None
         return best
 
-    def _all_busy(self) -> bool:
-        return all(p.outstanding >= BUSY_BYTES for p in self.processes if p.ready)
+    def _busy(self) -> bool:
+        """A process is working on a large request: its core is taken for a while, and a small
+        request is answered sooner on the loop than in a process competing with it for a core."""
+        return any(p.outstanding >= BUSY_BYTES for p in self.processes if p.ready)
 
     def _wake_one(self) -> None:
         while self._waiters:

@@ -215,11 +215,18 @@ class Store:
                         stop = True
                         break
                     group.append(op)
-                try:
-                    self._run_group(conn, group)
-                except Exception as exc:  # never let the writer die: every later caller would wait forever
-                    for _, future in group:
-                        self._loop.call_soon_threadsafe(_set_exception, future, StoreError(f"{self.path or 'memory store'}: {exc!r}"))
+                # Appends first, in a group of their own: a client waits for their commit (its
+                # ack), while the sender's reads, cuts and deletes can wait for the next one.
+                appends = [op for op in group if type(op[0]) is _Append]
+                others = [op for op in group if type(op[0]) is not _Append] if len(appends) < len(group) else []
+                for part in (appends, others):
+                    if not part:
+                        continue
+                    try:
+                        self._run_group(conn, part)
+                    except Exception as exc:  # never let the writer die: every later caller would wait forever
+                        for _, future in part:
+                            self._loop.call_soon_threadsafe(_set_exception, future, StoreError(f"{self.path or 'memory store'}: {exc!r}"))
                 if stop:
                     return
         finally:
