@@ -48,6 +48,13 @@ GROUP_MAX_OPS = 512
 # A store whose commits failed counts as not writable until an append commits, or this long
 # without another failure (while it is full, retried appends and cuts fail every second).
 WRITABLE_AFTER = 10.0
+# The checkpointer runs at most this often (seconds), after commits.
+CHECKPOINT_INTERVAL = 0.05
+# WAL pages not yet copied into the database past which the writer copies them itself (a
+# checkpointer that cannot keep up must not let the WAL grow without bound).
+WAL_LIMIT_PAGES = 65536
+# After a checkpoint the WAL file is truncated to this many bytes when it grew beyond.
+WAL_FILE_LIMIT = 64 << 20
 # An append of at least this many bytes commits after the smaller ones that came with it.
 LARGE_APPEND = 1 << 20
 # Batches cut per call (each call is one writer operation): bounds its time and memory.
@@ -153,6 +160,7 @@ class Store:
         self.last_error: str | None = None  # the last failed commit's reason (disk full, I/O error)
         self._failed_at: float | None = None  # when a commit last failed (monotonic)
         self._appended_at = 0.0  # when an append last committed
+        self._checkpointer: _Checkpointer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -190,6 +198,10 @@ class Store:
             # spilling SQLite's page cache in the middle of it took 4-5x as long, and every small
             # append behind it waited.
             conn.execute("PRAGMA cache_spill=OFF")
+            # The WAL is copied into the database by a thread of its own (_Checkpointer), not at
+            # the end of whichever commit crossed 1,000 pages: that commit's acks waited for it.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_FILE_LIMIT}")
         _migrate(conn)
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -202,6 +214,8 @@ class Store:
         except (sqlite3.Error, OSError, StoreError) as exc:
             loop.call_soon_threadsafe(_set_exception, ready, StoreError(f"{self.path}: {exc}"))
             return
+        checkpointer = _Checkpointer(self.path) if self.path is not None else None
+        self._checkpointer = checkpointer
         loop.call_soon_threadsafe(_set_result, ready, None)
         try:
             while True:
@@ -244,7 +258,9 @@ class Store:
                 if stop:
                     return
         finally:
-            conn.close()
+            if checkpointer is not None:
+                checkpointer.stop()
+            conn.close()  # the last connection: SQLite checkpoints what is left
 
     def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
         """One transaction for the whole group; each operation in a savepoint, so one that fails
@@ -277,6 +293,10 @@ class Store:
                 self.fsyncs += 1
                 if self.on_commit is not None:
                     self.on_commit(elapsed)
+                if self._checkpointer is not None:
+                    if self._checkpointer.backlog > WAL_LIMIT_PAGES:  # it cannot keep up: help it
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self._checkpointer.poke()
         except (sqlite3.Error, _GroupLost) as exc:  # disk full, I/O error: nothing in this group is durable
             try:
                 conn.execute("ROLLBACK")
@@ -515,6 +535,47 @@ class Store:
         removed = await self._call(op)
         self.dead_letter_count -= removed
         return removed
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file (PASSIVE checkpoints) on its own connection and
+    thread, beside the writer: WAL mode lets one checkpoint run while the writer commits, so the
+    writer's commits cost the WAL write and its fsync, not the copy as well."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.backlog = 0  # WAL pages not yet copied, as of the last checkpoint
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-checkpointer", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the writer checkpoints itself once the backlog grows (WAL_LIMIT_PAGES)
+        try:
+            while not self._halt.is_set():  # checked here too: stop() may come just before clear()
+                self._wake.wait()
+                if self._halt.wait(CHECKPOINT_INTERVAL):  # one checkpoint for the commits of a while
+                    return
+                self._wake.clear()
+                try:
+                    _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.backlog = max(log - done, 0)
+                except sqlite3.Error:
+                    pass  # busy or failing: the next commit pokes again
+        finally:
+            conn.close()
 
 
 # -- helpers run on the writer thread ---------------------------------------------------------------

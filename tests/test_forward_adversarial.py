@@ -176,6 +176,29 @@ def test_pending_requests_stay_capped_when_one_read_holds_many_requests(probe):
     assert probe.max_pending <= MAX_PENDING_REQUESTS
 
 
+def test_large_pending_requests_are_capped_by_bytes(probe):
+    """Small requests may pile up to MAX_PENDING_REQUESTS (they share store commits), but requests
+    that hold PENDING_BYTES together stop the reading at PENDING_ALWAYS."""
+    count = 12
+    big = [{"n": i, "pad": "x" * 400_000} for i in range(count)]  # ~400 KB each
+    with node() as n, RawClient(n.port) as c:
+        n.call(setattr, n.output(), "delay", 0.05)
+        c.send(b"".join(forward_request("a", [r], chunk=f"c{i}") for i, r in enumerate(big)))
+        assert acks(c, count) == [{"ack": f"c{i}"} for i in range(count)]
+        assert [r[2]["n"] for r in n.wait_records(count)] == list(range(count))
+    assert 1 < probe.max_pending <= PENDING_ALWAYS
+
+
+def test_many_small_requests_pend_together_up_to_the_cap(probe):
+    count = 300
+    with node() as n, RawClient(n.port) as c:
+        n.call(setattr, n.output(), "delay", 0.05)  # admits overlap: the pending ones pile up
+        c.send(b"".join(forward_request("a", [{"n": i}], chunk=f"c{i}") for i in range(count)))
+        assert acks(c, count) == [{"ack": f"c{i}"} for i in range(count)]
+        assert [r[2]["n"] for r in n.wait_records(count)] == list(range(count))
+    assert PENDING_ALWAYS < probe.max_pending <= MAX_PENDING_REQUESTS
+
+
 def test_reading_stays_paused_until_the_transport_says_resume_writing():
     """White box: after pause_writing, a finished admit must not resume reading while the transport
     still counts the protocol as paused (its buffer between the low and high water marks): the

@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import sqlite3
 import time
 
 from fluent_ld.encode import unpack_lengths
@@ -25,6 +27,55 @@ def test_concurrent_appends_share_one_commit(tmp_path):
         assert store.fsyncs - before < 20  # grouped
         assert store.pending_events == 200
         await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_appends_in_one_group_are_one_row_and_every_event_is_delivered_once(tmp_path):
+    async def scenario():
+        path = str(tmp_path / "s.sqlite3")
+        store = Store(path)
+        await store.open()
+        await asyncio.gather(*(append(store, fragments(i * 10, 10)) for i in range(20)))
+        await store.add_dead_letters([DeadLetter("invalid", "why")])
+        await asyncio.gather(append(store, fragments(200, 5)), store.add_dead_letters([DeadLetter("invalid", "why")]))
+        rows = sqlite3.connect(path).execute("SELECT COUNT(*), SUM(count) FROM pending").fetchone()
+        assert rows[1] == 205 and rows[0] < 21  # coalesced
+        await store.cut_batches(10**6, 10**6, 0, time.time(), 0)
+        (batch,) = await store.due_batches(float("inf"), 10)
+        got = [e["n"] for e in json.loads(batch.body)]
+        assert sorted(got) == list(range(205))
+        assert batch.count == 205 and store.dead_letter_count == 2
+        await store.delivered(batch)
+        assert store.pending_events == 0 and store.pending_bytes == 0
+        assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_wal_is_copied_into_the_database_beside_the_writer(tmp_path):
+    """The writer does not checkpoint at the end of its commits; the checkpointer thread does."""
+    async def scenario():
+        path = str(tmp_path / "s.sqlite3")
+        store = Store(path)
+        await store.open()
+        before = os.path.getsize(path)
+        frag = b'"' + b"x" * 4000 + b'"'
+        for _ in range(4):  # ~8 MB: past SQLite's own 1,000-page threshold, which is off here
+            await store.append(b",".join([frag] * 500), [len(frag)] * 500, len(frag) * 500, 1)
+        deadline = time.monotonic() + 10
+        while os.path.getsize(path) - before < 7_000_000:
+            assert time.monotonic() < deadline, "nothing was checkpointed into the database file"
+            await asyncio.sleep(0.05)
+        while store._checkpointer.backlog:
+            assert time.monotonic() < deadline
+            await append(store, fragments(0, 1))  # each commit pokes the checkpointer
+            await asyncio.sleep(0.1)
+        await store.close()
+        conn = sqlite3.connect(path)  # everything is there after close
+        assert conn.execute("SELECT SUM(count) FROM pending").fetchone()[0] == 2000 + conn.execute(
+            "SELECT COUNT(*) FROM pending WHERE count = 1").fetchone()[0]
 
     asyncio.run(scenario())
 
