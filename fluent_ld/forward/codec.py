@@ -163,8 +163,9 @@ class Request:
 
     From :meth:`Decoder.next_event` ``entries`` is a list. From :func:`open_request` it is an
     iterator that decodes one entry at a time from the payload; ``invalid`` and ``markers`` are
-    final once it is exhausted, and a payload broken in its middle raises :class:`ProtocolError`
-    from the iteration."""
+    final once it is exhausted (and, in Forward mode, whose option follows the entries, ``chunk``
+    and ``option``), and a payload broken in its middle or an option refused raises
+    :class:`ProtocolError` from the iteration."""
 
     tag: str
     entries: Any  # list[tuple[int, dict]] or an iterator of them
@@ -524,7 +525,15 @@ def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, 
         at = unpacker.tell()
         first = data[at]
         body: Any = None
-        if first in _ARRAY_HEADER or first in _STR_HEADER:
+        if first in _ARRAY_HEADER:
+            # Forward mode: the entries come straight from this unpacker, which holds the whole
+            # message already (no second pass over them to find the option first). The option
+            # follows them: the ack token and its checks are filled in once they are read.
+            count = unpacker.read_array_header()
+            request = Request(frame.tag, (), None, "forward", frame.wire_size, option={})
+            request.entries = _entries(request, _forward_entries(unpacker, count, size, request), skip_invalid_event, now_ns)
+            return request
+        if first in _STR_HEADER:
             unpacker.skip()
             body = memoryview(data)[at : unpacker.tell()]
             option = _option(unpacker, size, 2)
@@ -540,16 +549,11 @@ def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, 
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
 
-    signal = option.get("fluent_signal", 0)
-    if signal not in (0, None):
-        name = SIGNAL_NAMES.get(signal, repr(signal))
-        raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
+    _check_signal(option)
     request = Request(frame.tag, (), _chunk(option), "forward", frame.wire_size, option=option)
     if body is None:
         request.mode = "message"
         request.entries = _entries(request, iter(((time, record),)), skip_invalid_event, now_ns)
-    elif first in _ARRAY_HEADER:
-        request.entries = _entries(request, _stream(body[_ARRAY_HEADER[first]:], limits, "malformed msgpack"), skip_invalid_event, now_ns)
     else:
         payload = body[_STR_HEADER[first]:]
         compressed = option.get("compressed")
@@ -565,6 +569,27 @@ def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, 
             raise ProtocolError(f"unknown compression {compressed!r}")
         request.entries = _entries(request, _stream(payload, limits, "malformed packed entries"), skip_invalid_event, now_ns)
     return request
+
+
+def _check_signal(option: dict[str, Any]) -> None:
+    signal = option.get("fluent_signal", 0)
+    if signal not in (0, None):
+        name = SIGNAL_NAMES.get(signal, repr(signal))
+        raise ProtocolError(f"fluent_signal {name}: only logs are accepted here")
+
+
+def _forward_entries(unpacker: msgpack.Unpacker, count: int, size: int, request: Request) -> Iterator[Any]:
+    """A Forward mode request's entries from the unpacker holding it, then its option: the request
+    is refused (ProtocolError at the end of the entries) if the option is not one to accept."""
+    try:
+        for _ in range(count):
+            yield unpacker.unpack()
+        option = _option(unpacker, size, 2)
+    except (ValueError, TypeError, OverflowError, msgpack.OutOfData) as exc:
+        raise ProtocolError(f"malformed msgpack: {exc}") from None
+    _check_signal(option)
+    request.chunk = _chunk(option)
+    request.option = option
 
 
 def _stream(payload: bytes | memoryview, limits: DecoderLimits, what: str) -> Iterator[Any]:
