@@ -17,7 +17,10 @@ Three tables:
 Durability: WAL journal with ``synchronous=FULL``: a commit returns after its fsync. All writes go
 through one writer thread; operations queued within ``GROUP_COMMIT_WINDOW`` share one transaction
 and one fsync (group commit), so the event loop never blocks on the disk and durability costs one
-fsync per group, not per request. ``path=None`` keeps the database in memory (``<buffer> @type
+fsync per group, not per request. Appends that follow one another in a group are one pending row;
+small appends commit first (a client waits for their ack), then large ones, then the sender's
+reads, cuts and deletes. A checkpointer thread, on its own connection, copies the WAL into the
+database beside the writer, so no commit pays for a checkpoint. ``path=None`` keeps the database in memory (``<buffer> @type
 memory``: lossy on a crash, said loudly in the docs).
 """
 
