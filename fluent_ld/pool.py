@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import mmap
 import logging
+import mmap
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -275,7 +274,7 @@ class _Process:
             messages = self._reader.read(sock)
         except (BlockingIOError, InterruptedError):
             return
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        except Exception as exc:  # a broken stream or answer: the process is of no use any more
             self._lost(exc)
             return
         for message in messages:

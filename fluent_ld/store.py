@@ -20,8 +20,8 @@ and one fsync (group commit), so the event loop never blocks on the disk and dur
 fsync per group, not per request. Appends that follow one another in a group are one pending row;
 small appends commit first (a client waits for their ack), then large ones, then the sender's
 reads, cuts and deletes. A checkpointer thread, on its own connection, copies the WAL into the
-database beside the writer, so no commit pays for a checkpoint. ``path=None`` keeps the database in memory (``<buffer> @type
-memory``: lossy on a crash, said loudly in the docs).
+database beside the writer, so no commit pays for a checkpoint. ``path=None`` keeps the database
+in memory (``<buffer> @type memory``: lossy on a crash, said loudly in the docs).
 """
 
 from __future__ import annotations
@@ -297,8 +297,6 @@ class Store:
                 if self.on_commit is not None:
                     self.on_commit(elapsed)
                 if self._checkpointer is not None:
-                    if self._checkpointer.backlog > WAL_LIMIT_PAGES:  # it cannot keep up: help it
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     self._checkpointer.poke()
         except (sqlite3.Error, _GroupLost) as exc:  # disk full, I/O error: nothing in this group is durable
             try:
@@ -311,6 +309,13 @@ class Store:
             self._failed_at = time.monotonic()
             results = [(future, False, error) for _, future in group]
         self._loop.call_soon_threadsafe(_deliver, results)
+        if self._checkpointer is not None and self._checkpointer.backlog > WAL_LIMIT_PAGES:
+            # The checkpointer cannot keep up: help it, after the results are out (what is
+            # committed stays committed whatever a checkpoint does).
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass
 
     def _call(self, fn: Callable[[sqlite3.Connection, Store], Any]) -> asyncio.Future:
         if self._thread is None:
