@@ -53,11 +53,16 @@ GROUP_MAX_OPS = 512
 WRITABLE_AFTER = 10.0
 # The checkpointer runs at most this often (seconds), after commits.
 CHECKPOINT_INTERVAL = 0.05
-# WAL pages not yet copied into the database past which the writer copies them itself (a
+# WAL bytes not yet copied into the database past which the writer copies them itself (a
 # checkpointer that cannot keep up must not let the WAL grow without bound).
-WAL_LIMIT_PAGES = 65536
+WAL_LIMIT_BYTES = 256 << 20
 # After a checkpoint the WAL file is truncated to this many bytes when it grew beyond.
 WAL_FILE_LIMIT = 64 << 20
+# Pages of new stores. Event bytes are most of what a store writes (a 1,000-record request is
+# ~1 MB): large pages write, checkpoint and free them in 16x fewer pieces than SQLite's 4 KiB
+# default, ~1 ms less CPU per MB appended, for ~40 us more per small commit. A store keeps the
+# page size it was created with.
+PAGE_SIZE = 65536
 # An append of at least this many bytes commits after the smaller ones that came with it.
 LARGE_APPEND = 1 << 20
 # Batches cut per call (each call is one writer operation): bounds its time and memory.
@@ -193,6 +198,7 @@ class Store:
         else:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: cannot use the WAL journal (got {mode})")
@@ -309,7 +315,7 @@ class Store:
             self._failed_at = time.monotonic()
             results = [(future, False, error) for _, future in group]
         self._loop.call_soon_threadsafe(_deliver, results)
-        if self._checkpointer is not None and self._checkpointer.backlog > WAL_LIMIT_PAGES:
+        if self._checkpointer is not None and self._checkpointer.backlog > WAL_LIMIT_BYTES:
             # The checkpointer cannot keep up: help it, after the results are out (what is
             # committed stays committed whatever a checkpoint does).
             try:
@@ -552,7 +558,8 @@ class _Checkpointer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.backlog = 0  # WAL pages not yet copied, as of the last checkpoint
+        self.backlog = 0  # WAL bytes not yet copied, as of the last checkpoint
+        self._page_size = 4096
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-checkpointer", daemon=True)
@@ -570,8 +577,9 @@ class _Checkpointer:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error:
-            return  # the writer checkpoints itself once the backlog grows (WAL_LIMIT_PAGES)
+            return  # the writer checkpoints itself once the backlog grows (WAL_LIMIT_BYTES)
         try:
+            self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             while not self._halt.is_set():  # checked here too: stop() may come just before clear()
                 self._wake.wait()
                 if self._halt.wait(CHECKPOINT_INTERVAL):  # one checkpoint for the commits of a while
@@ -579,7 +587,7 @@ class _Checkpointer:
                 self._wake.clear()
                 try:
                     _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.backlog = max(log - done, 0)
+                    self.backlog = max(log - done, 0) * self._page_size
                 except sqlite3.Error:
                     pass  # busy or failing: the next commit pokes again
         finally:

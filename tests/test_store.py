@@ -7,7 +7,7 @@ import sqlite3
 import time
 
 from fluent_ld.encode import unpack_lengths
-from fluent_ld.store import MAX_BATCHES_PER_CUT, DeadLetter, Store
+from fluent_ld.store import MAX_BATCHES_PER_CUT, PAGE_SIZE, DeadLetter, Store
 
 
 def fragments(first: int, n: int) -> list[bytes]:
@@ -46,6 +46,29 @@ def test_concurrent_appends_share_one_commit_and_one_row_and_are_delivered_once(
         assert store.pending_events == 0 and store.pending_bytes == 0
         assert count_rows(path, "SELECT COUNT(*) FROM pending") == (0,)
         await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """Stores created before the page size changed (4 KiB) open, keep their events and their pages."""
+    async def scenario():
+        new, old = str(tmp_path / "new.sqlite3"), str(tmp_path / "old.sqlite3")
+        conn = sqlite3.connect(old)
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+        for path in (new, old):
+            store = Store(path)
+            await store.open()
+            await append(store, fragments(0, 3))
+            await store.close()
+            store = Store(path)
+            await store.open()
+            assert store.pending_events == 3
+            await store.close()
+        assert count_rows(new, "PRAGMA page_size") == (PAGE_SIZE,)
+        assert count_rows(old, "PRAGMA page_size") == (4096,)
 
     asyncio.run(scenario())
 
