@@ -17,6 +17,15 @@ from fluent_ld.node import Node
 TOKEN = "api-test-token"
 
 
+# The tests' <buffer> settings, each unless the test gives its own.
+BUFFER_DEFAULTS = {"flush_interval": "50ms", "retry_wait": "50ms", "retry_max_interval": "200ms", "retry_randomize": "false"}
+
+
+def defaults(buffer: str) -> str:
+    given = {line.split()[0] for line in buffer.splitlines() if line.split()}
+    return "\n            ".join(f"{k} {v}" for k, v in BUFFER_DEFAULTS.items() if k not in given)
+
+
 def ld_config(url: str, path: str, buffer: str = "", extra: str = "", source: str = "") -> str:
     return textwrap.dedent(
         f"""\
@@ -30,10 +39,7 @@ def ld_config(url: str, path: str, buffer: str = "", extra: str = "", source: st
           {extra}
           <buffer>
             path {path}
-            flush_interval 50ms
-            retry_wait 50ms
-            retry_max_interval 200ms
-            retry_randomize false
+            {defaults(buffer)}
             {buffer}
           </buffer>
         </match>

@@ -21,14 +21,14 @@ import msgpack
 
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
-from fluent_ld.encode import gzip_body
 from fluent_ld import metrics
-from fluent_ld.outputs.buffer import BUFFER, Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks
-from fluent_ld.plugin import BufferFullError, Output
+from fluent_ld.admission import ForwardEncoder
+from fluent_ld.encode import gzip_body
+from fluent_ld.outputs.buffer import BUFFER
+from fluent_ld.outputs.durable import DurableOutput
+from fluent_ld.outputs.outcome import Delivered, Outcome, transport_failure
 from fluent_ld.registry import register
-from fluent_ld.retry import RetryPolicy
-from fluent_ld.admission import DeadLetter, Encoded, ForwardEncoder
-from fluent_ld.store import Batch, StoreError
+from fluent_ld.store import Batch
 
 SERVER = Section(
     "server",
@@ -56,6 +56,11 @@ SECURITY = Section(
 )
 
 
+# What a receiver sends back (an ack, HELO, PONG) is a few hundred bytes; one that sends more
+# than this without completing a message is broken, and its connection is dropped.
+REPLY_LIMIT = 64 * 1024
+
+
 @dataclass
 class _Server:
     host: str
@@ -74,8 +79,12 @@ class _SendError(Exception):
 
 
 @register
-class ForwardOutput(Output):
+class ForwardOutput(DurableOutput):
     type_name = "forward"
+    separator = b""  # a batch's data is its entries' msgpack, one after another
+    framing = 0
+    keeps_tags = True  # a request carries one tag
+    noun = "records"
     summary = "Sends records to another Fluent node (Fluentd, Fluent Bit, fluent-ld) over the forward protocol, durably."
     section = Section(
         "match",
@@ -97,136 +106,48 @@ class ForwardOutput(Output):
 
     @classmethod
     def check(cls, conf) -> list[ConfigError]:
-        errors = []
-        buffer = conf.buffer
-        if buffer["@type"] == "file" and not buffer.path:
-            errors.append(ConfigError(buffer.where, "<match> @type forward <buffer>: a file buffer needs 'path'"))
+        errors = super().check(conf)
         if not any(not s.standby for s in conf.server):
             errors.append(ConfigError(conf.where, "<match> @type forward: at least one <server> must not be a standby"))
         return errors
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
         super().__init__(conf, plugin_id, worker)
-        buffer = conf.buffer
-        self.store = store_for(buffer, plugin_id, worker, separator=b"", framing=0)
-        self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
-        self.high, self.low = watermarks(buffer)
         self.servers = [
             _Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal())
             for s in conf.server
         ]
-        self.room = Room(plugin_id)
-        self.health = StoreHealth(self.log)
-        self.wake = asyncio.Event()
         self.encoder = ForwardEncoder()
-        self._tasks: list[asyncio.Task] = []
-        self._stopping = False
+        self._heartbeat_task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        await open_store(self.store, self.id)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._drain()), loop.create_task(self._heartbeat())]
-        self.log.info(
-            "Forwarding to %s; %d undelivered records in the store.",
-            ", ".join(s.name + (" (standby)" if s.standby else "") for s in self.servers),
-            self.store.pending_events,
-        )
+    async def open(self) -> None:
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"heartbeat:{self.id}")
 
-    async def stop(self) -> None:
-        self._stopping = True
-        self.wake.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def close(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         for server in self.servers:
             self._drop(server)
-        if not self.keep_store_open:  # a memory store handed to the output replacing this one
-            await self.store.close()
 
-    # -- admit -------------------------------------------------------------------------------------
+    def started(self) -> str:
+        return "Forwarding to " + ", ".join(s.name + (" (standby)" if s.standby else "") for s in self.servers) + "."
 
-    async def commit(self, tag: str, encoded: Encoded) -> None:
-        if self.store.pending_bytes >= self.high:
-            self.room.close()
-            raise BufferFullError(f"{self.store.pending_bytes} undelivered bytes over high_watermark", self.room.wait)
-        dead = encoded.dead
-        if encoded.lengths or dead:
-            try:
-                await self.store.append(encoded.data, encoded.lengths, encoded.nbytes, encoded.oldest_ms, dead, tag=tag)
-            except StoreError as exc:
-                raise self.health.failed(exc) from exc  # the source tries the whole request again
-            self.health.ok()
-            self.wake.set()
-        metrics.RECORDS_RECEIVED.labels(self.id).inc(encoded.records)  # once stored, so once
-        if dead:
-            metrics.RECORDS_REJECTED.labels(self.id, "invalid").inc(len(dead))
-            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc(len(dead))
-
-    async def dead_letter(self, tag: str, record: bytes, reason: str) -> None:
-        await self.store.add_dead_letters([DeadLetter("invalid", reason, None, tag, None, record)])
-        metrics.RECORDS_DEAD_LETTERED.labels(self.id, "invalid").inc()
-
-    async def refresh_metrics(self) -> None:
-        self.room.refresh()
-        await refresh_store_metrics(self.store, self.id)
-
-    # -- drain -------------------------------------------------------------------------------------
-
-    async def _drain(self) -> None:
-        buffer = self.conf.buffer
-        while not self._stopping:
-            wait = min(max(buffer.flush_interval / 2, 0.05), 1.0)
-            try:
-                now = time.time()
-                await self.store.cut_batches(buffer.chunk_limit_size, buffer.chunk_limit_records, buffer.flush_interval, now, now)
-                for batch in await self.store.due_batches(now, 16):
-                    await self._deliver(batch)
-                nxt = await self.store.next_attempt_at()
-                if nxt is not None:
-                    wait = min(wait, max(nxt - time.time(), 0.01))
-            except StoreError as exc:
-                if not self.health.down:
-                    self.log.error("The store failed: %s; trying again every second.", exc)
-                    self.health.down = True
-                wait = 1.0
-            if self.store.pending_bytes <= self.low:
-                self.room.open()
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
-
-    async def _deliver(self, batch: Batch) -> None:
-        now = time.time()
-        if self.policy.expired(batch.created_at, now):
-            await self.store.bury(batch, "expired", f"not forwarded within retry_timeout after {batch.attempts} attempt(s)", None)
-            metrics.RECORDS_DEAD_LETTERED.labels(self.id, "expired").inc(batch.count)
-            self.log.error("A batch of %d records expired unforwarded: moved to the dead-letter store.", batch.count)
-            return
+    async def deliver(self, batch: Batch) -> Outcome:
         server = self._pick()
         if server is None:
-            await self.store.failed(batch, None, "no server is reachable", now + self.policy.delay(batch.attempts + 1, random.random()))
-            return
-        if batch.attempts == 0:
-            metrics.BATCH_BYTES.labels(self.id).observe(batch.bytes)
-            metrics.BATCH_EVENTS.labels(self.id).observe(batch.count)
+            return transport_failure("no server is reachable", batch.attempts, self.policy, random.random())
         started = time.perf_counter()
         try:
-            await self._send(server, batch)
+            await self._write(server, batch)
         except (OSError, asyncio.TimeoutError, _SendError, ssl.SSLError, msgpack.UnpackException, ValueError) as exc:
             metrics.REQUESTS.labels(self.id, "error").inc()
             self._failed_server(server, exc)
-            delay = self.policy.delay(batch.attempts + 1, random.random())
-            await self.store.failed(batch, None, f"{server.name}: {exc}", now + delay)
-            self.count("retries")
-            metrics.RETRIES.labels(self.id).inc()
-            return
+            return transport_failure(f"{server.name}: {exc or type(exc).__name__}", batch.attempts, self.policy, random.random())
         metrics.REQUESTS.labels(self.id, "ack").inc()
         metrics.REQUEST_SECONDS.labels(self.id).observe(time.perf_counter() - started)
-        await self.store.delivered(batch)
         self.count("records_forwarded", batch.count)
-        metrics.RECORDS_DELIVERED.labels(self.id).inc(batch.count)
+        return Delivered()
 
     def _pick(self) -> _Server | None:
         for standby in (False, True):
@@ -246,7 +167,7 @@ class ForwardOutput(Output):
             server.conn[1].close()
             server.conn = None
 
-    async def _send(self, server: _Server, batch: Batch) -> None:
+    async def _write(self, server: _Server, batch: Batch) -> None:
         conf = self.conf
         reader, writer, unpacker = await self._connection(server)
         option: dict = {"size": batch.count, "chunk": batch.payload_id}
@@ -270,7 +191,7 @@ class ForwardOutput(Output):
             asyncio.open_connection(server.host, server.port, ssl=tls, server_hostname=server.host if tls else None),
             conf.connect_timeout,
         )
-        unpacker = msgpack.Unpacker(raw=False)
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=REPLY_LIMIT)
         try:
             if conf.security is not None:
                 await asyncio.wait_for(self._handshake(server, reader, writer, unpacker), conf.connect_timeout)
@@ -340,7 +261,10 @@ async def _read(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker):
         data = await reader.read(65536)
         if not data:
             raise _SendError("the server closed the connection")
-        unpacker.feed(data)
+        try:
+            unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise _SendError(f"the server sent more than {REPLY_LIMIT} bytes without completing a reply") from None
 
 
 def _raw(value) -> bytes:

@@ -16,7 +16,7 @@ __all__ = ["KNOWN_HOSTS", "Answer", "Sender", "base_url"]
 
 # The documented ingestion hosts: US (default), EU, US federal.
 KNOWN_HOSTS = ("events.launchdarkly.com", "events.eu.launchdarkly.com", "events.launchdarkly.us")
-# The seed's User-Agent: LaunchDarkly attributes imports by it.
+# The User-Agent the import API's documentation asks for: LaunchDarkly attributes imports by it.
 USER_AGENT = "MetricImport-Datafly-int/1.0"
 STREAM_BODY = 256 * 1024  # bodies over this many bytes are written in pieces (see Sender.post)
 
@@ -39,19 +39,20 @@ class Answer:
 
 
 class Sender:
-    def __init__(self, events_host: str, project_key: str, environment_key: str, token: str, compress: bool, timeout: float, max_concurrent: int) -> None:
+    def __init__(self, events_host: str, project_key: str, environment_key: str, token: str, compress: bool, timeout: float, max_concurrent: int, user_agent: str = USER_AGENT) -> None:
         self.url = f"{base_url(events_host)}/v2/event-data-import/{quote(project_key, safe='')}/{quote(environment_key, safe='')}"
         self.token = token
         self.compress = compress
         self.timeout = timeout
         self.max_concurrent = max_concurrent
+        self.user_agent = user_agent
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit=self.max_concurrent, keepalive_timeout=30),
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": self.user_agent},
             skip_auto_headers=("User-Agent",),
         )
 
@@ -62,10 +63,10 @@ class Sender:
 
     def headers(self, batch: Batch) -> dict[str, str]:
         headers = {
-            "Authorization": self.token,  # raw, no Bearer prefix (seed)
+            "Authorization": self.token,  # raw, no Bearer prefix, as the import API documents
             "Content-Type": "application/json",
             "X-LaunchDarkly-Event-Schema": "4",
-            "User-Agent": USER_AGENT,
+            "User-Agent": self.user_agent,
             "X-LaunchDarkly-Payload-ID": batch.payload_id,
         }
         if self.compress:
