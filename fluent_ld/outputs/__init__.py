@@ -1,3 +1,1 @@
-"""Built-in outputs (importing this package registers them)."""
-
-from fluent_ld.outputs import forward, launchdarkly, null, stdout  # noqa: F401
+"""The built-in outputs; fluent_ld.registry lists them by @type."""

@@ -27,7 +27,6 @@ from fluent_ld.encode import gzip_body
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.outputs.outcome import Delivered, Outcome, transport_failure
-from fluent_ld.registry import register
 from fluent_ld.store import Batch
 
 SERVER = Section(
@@ -78,7 +77,6 @@ class _SendError(Exception):
     pass
 
 
-@register
 class ForwardOutput(DurableOutput):
     type_name = "forward"
     separator = b""  # a batch's data is its entries' msgpack, one after another

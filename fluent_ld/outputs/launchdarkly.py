@@ -19,11 +19,9 @@ from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, USER_AGENT, Sender
 from fluent_ld.outputs.outcome import Outcome, launchdarkly_outcome
-from fluent_ld.registry import register
 from fluent_ld.store import Batch
 
 
-@register
 class LaunchDarklyOutput(DurableOutput):
     type_name = "launchdarkly"
     body_overhead = 2  # [ and ]

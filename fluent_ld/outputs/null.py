@@ -5,10 +5,8 @@ from __future__ import annotations
 from fluent_ld.config.params import Section
 from fluent_ld.admission import CountEncoder, Encoded
 from fluent_ld.plugin import Output
-from fluent_ld.registry import register
 
 
-@register
 class NullOutput(Output):
     type_name = "null"
     summary = "Discards every record (counting them), for load tests and to silence a tag."

@@ -10,7 +10,6 @@ import orjson
 
 from fluent_ld.config.params import Enum, Param, Section
 from fluent_ld.plugin import Entries, Output
-from fluent_ld.registry import register
 
 
 def format_time(time_ns: int) -> str:
@@ -26,7 +25,6 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
-@register
 class StdoutOutput(Output):
     type_name = "stdout"
     summary = "Prints each record as a JSON line (tag, time, record) on standard output."

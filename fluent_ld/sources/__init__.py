@@ -1,3 +1,1 @@
-"""Built-in sources (importing this package registers them)."""
-
-from fluent_ld.sources import forward, monitor, sample, webhook  # noqa: F401
+"""The built-in sources; fluent_ld.registry lists them by @type."""

@@ -22,12 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Integer, Param, Section, String
 from fluent_ld.plugin import Source, StartError
-from fluent_ld.registry import register
 
 AUTH_MEANING = {401: "the access token is invalid", 403: "the access token lacks importEventData", 404: "the project or environment key is wrong, or the account is on another cell"}
 
 
-@register
 class MonitorAgentSource(Source):
     type_name = "monitor_agent"
     served_once = True  # one HTTP port; with workers, worker 0 serves every worker's metrics

@@ -11,7 +11,6 @@ from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Integer, JSONValue, Param, Section, String
 from fluent_ld.plugin import Source
-from fluent_ld.registry import register
 
 # Signal analytics events of the kinds the Default preset maps, so a demo shows the real shapes.
 DEFAULT_SAMPLE = [
@@ -37,7 +36,6 @@ DEFAULT_SAMPLE = [
 ]
 
 
-@register
 class SampleSource(Source):
     type_name = "sample"
     summary = "Generates sample records at a steady rate, for demos and trying a pipeline."
