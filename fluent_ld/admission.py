@@ -115,8 +115,8 @@ class LaunchDarklyEncoder(Encoder):
                 measure(size)
                 if oldest is None or time_ns < oldest:
                     oldest = time_ns
-            elif result.kind == INVALID:
-                dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, record_json(result.record)))
+            elif result.kind == INVALID:  # type: ignore[union-attr]  # a Rejection (type() is not narrowed)
+                dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, record_json(result.record)))  # type: ignore[union-attr]
             else:
                 unmapped += 1
         data = b",".join(fragments)

@@ -18,6 +18,7 @@ from typing import TextIO
 from fluent_ld.config.loader import load
 from fluent_ld.ldserver import LaunchDarklyServer
 from fluent_ld.node import Node
+from fluent_ld.outputs.durable import DurableOutput
 
 __all__ = ["DEFAULT_CONFIG", "SAMPLE_EVENTS", "run_demo"]
 
@@ -77,7 +78,7 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
         node = Node(load(DEFAULT_CONFIG, env))
         await node.start()
         try:
-            port = node.sources[0][1].port
+            port = node.sources[0][1].port  # type: ignore[attr-defined]  # the forward source
             print(f"fluent-ld is listening for forward clients on 127.0.0.1:{port}; "
                   f"LaunchDarkly-compatible server on {server.url}.", file=out)
             sent = await asyncio.get_running_loop().run_in_executor(None, _send_with_fluent_logger, port)
@@ -93,6 +94,7 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
                     if name.lower() in ("authorization", "content-type", "x-launchdarkly-event-schema", "user-agent", "x-launchdarkly-payload-id", "content-encoding"):
                         print(f"  {name}: {value}", file=out)
                 print(json.dumps(request.events, indent=2), file=out)
+            assert isinstance(output, DurableOutput)
             letters = await output.store.dead_letters()
             print(
                 f"\nSummary: {sent} sent, {len(server.events)} delivered to LaunchDarkly in "

@@ -100,7 +100,7 @@ class LaunchDarklyServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -118,14 +118,14 @@ class LaunchDarklyServer:
                 partial += chunk
             payload_id = request.headers.get("X-LaunchDarkly-Payload-ID")
             self.requests.append(ReceivedRequest(time.time(), request.path, dict(request.headers), payload_id, partial, None, 0))
-            request.transport.abort()
+            request.transport.abort()  # type: ignore[union-attr]  # a request being handled has its transport
             return web.Response(status=500)
         if fault is not None and fault.late:
             response = await self._handle(request, None)
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.drop:
-                request.transport.abort()
+                request.transport.abort()  # type: ignore[union-attr]  # a request being handled has its transport
             return response
         return await self._handle(request, fault)
 
@@ -149,7 +149,7 @@ class LaunchDarklyServer:
                 await asyncio.sleep(fault.delay)
             if fault.drop:
                 self.requests.append(ReceivedRequest(time.time(), request.path, headers, payload_id, raw, None, 0))
-                request.transport.abort()
+                request.transport.abort()  # type: ignore[union-attr]  # a request being handled has its transport
                 return web.Response(status=500)
             if fault.status is not None:
                 return answer(fault.status, fault.body, extra=fault.headers)

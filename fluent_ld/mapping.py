@@ -87,7 +87,7 @@ class Mapper:
         if kind == "page":
             name = PAGE
         else:
-            name = record.get("event")
+            name = record.get("event")  # type: ignore[assignment]  # checked next
             if type(name) is not str or not name:
                 if kind == "track" or (kind is None and "event" in record):
                     return Rejection(INVALID, "event: a track call needs a non-empty event name", record)
@@ -112,7 +112,7 @@ class Mapper:
         event: dict[str, Any] = {"kind": "custom", "key": rule.key, "creationDate": created}
         skip = None
         if metric_path is not None:
-            value = props.get(metric_path) if type(metric_path) is str else _get(props, metric_path)
+            value = props.get(metric_path) if type(metric_path) is str else _get(props, metric_path)  # type: ignore[arg-type]  # type() is faster than isinstance here, and mypy does not narrow it
             if value is not None:
                 if not math.isfinite(value):
                     return Rejection(INVALID, f"properties.{rule.metric_value}: not a finite number", record, name)
@@ -122,7 +122,7 @@ class Mapper:
         context_keys = {}
         for kind_name, paths in self._contexts:
             for path in paths:
-                value = record.get(path) if type(path) is str else _get(record, path)
+                value = record.get(path) if type(path) is str else _get(record, path)  # type: ignore[arg-type]  # as above
                 if type(value) is str and value:
                     context_keys[kind_name] = value
                     break
@@ -142,7 +142,7 @@ class Mapper:
         try:
             return orjson.dumps(event)
         except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. an integer beyond 64 bits
-            return Rejection(INVALID, f"cannot be encoded as JSON: {exc}", record, event["key"])
+            return Rejection(INVALID, f"cannot be encoded as JSON: {exc}", record, event["key"])  # type: ignore[index]  # a dict here
 
     def _unwrap(self, record: Any) -> Any:
         if type(record) is not dict or self.record_key not in record:

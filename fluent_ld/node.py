@@ -12,7 +12,7 @@ from fluent_ld.config.schema import NodeConfig, PluginConf
 from fluent_ld.forward.codec import Frame
 from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
 from fluent_ld.pool import Pool, PoolUnavailable, default_size
-from fluent_ld.registry import plugin_class
+from fluent_ld.registry import output_class, source_class
 from fluent_ld.router import Router
 
 __all__ = ["Node", "POOL_MIN_BYTES"]
@@ -47,13 +47,12 @@ class Node:
         self.workers = config.system.workers
         self.outputs: list[tuple[PluginConf, Output]] = []
         for pc in config.matches:
-            cls = plugin_class("output", pc.type_name)
-            self.outputs.append((pc, cls(pc.conf, pc.id, worker)))
-        self.router: Router[Output] = Router([(pc.pattern, out) for pc, out in self.outputs])
+            self.outputs.append((pc, output_class(pc.type_name)(pc.conf, pc.id, worker)))
+        self.router: Router[Output] = Router([(pc.pattern, out) for pc, out in self.outputs if pc.pattern is not None])
         self.sources: list[tuple[PluginConf, Source]] = []
         self.elsewhere: list[PluginConf] = []  # sources worker 0 serves for every worker
         for pc in config.sources:
-            cls = plugin_class("source", pc.type_name)
+            cls = source_class(pc.type_name)
             if cls.served_once and worker != 0:
                 self.elsewhere.append(pc)
                 continue

@@ -41,7 +41,7 @@ class BufferFullError(Exception):
     """The destination is over its high watermark: nothing was admitted. The caller stops reading
     from its client (or answers 503) and awaits :meth:`wait_for_room` before trying again."""
 
-    def __init__(self, message: str, wait_for_room: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, message: str, wait_for_room: Callable[[], Awaitable[object]]) -> None:
         super().__init__(message)
         self.wait_for_room = wait_for_room
 

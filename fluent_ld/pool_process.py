@@ -56,7 +56,7 @@ def send(sock: socket.socket, message: object) -> None:
                 sent = 0
 
 
-def receive(sock: socket.socket) -> object | None:
+def receive(sock: socket.socket) -> Any:
     """The next message, or None at the end of the stream."""
     head = _exactly(sock, HEAD.size)
     if head is None:
@@ -106,7 +106,8 @@ def serve(sock: socket.socket) -> None:
     gc.freeze()  # the encoders live as long as the process: the collector need not scan them
     send(sock, ("ready", os.getpid()))
     while (job := receive(sock)) is not None:
-        job_id, output_id, tag, frame, decoding = job  # type: ignore[misc]
+        job_id, output_id, tag, frame, decoding = job
+        answer: tuple[Any, str, Any]
         try:
             answer = (job_id, "ok", encode_frame(frame, tag, decoding, encoders.get(output_id)))
         except ProtocolError as exc:

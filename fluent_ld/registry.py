@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from fluent_ld.config.schema import PluginSpec
 from fluent_ld.plugin import Output, Plugin, Source
 
-__all__ = ["BUILTIN", "catalogue", "plugin_class", "register"]
+__all__ = ["BUILTIN", "catalogue", "output_class", "plugin_class", "register", "source_class"]
 
 # Every built-in plugin: kind -> @type -> "module:class". A module is imported when a config, the
 # reference docs or check-config first needs its plugin, never as a side effect of another import.
@@ -56,10 +56,22 @@ def _types(kind: str) -> dict[str, type[Plugin]]:
     return {**{name: _load(kind, name) for name in BUILTIN[kind]}, **_REGISTERED[kind]}
 
 
-def plugin_class(kind: str, type_name: str) -> type[Source] | type[Output]:
+def plugin_class(kind: str, type_name: str) -> type[Plugin]:
     if type_name in BUILTIN[kind]:
-        return _load(kind, type_name)  # type: ignore[return-value]
-    return _REGISTERED[kind][type_name]  # type: ignore[return-value]
+        return _load(kind, type_name)
+    return _REGISTERED[kind][type_name]
+
+
+def source_class(type_name: str) -> type[Source]:
+    cls = plugin_class("source", type_name)
+    assert issubclass(cls, Source)
+    return cls
+
+
+def output_class(type_name: str) -> type[Output]:
+    cls = plugin_class("output", type_name)
+    assert issubclass(cls, Output)
+    return cls
 
 
 def catalogue() -> Mapping[str, Mapping[str, PluginSpec]]:

@@ -18,6 +18,7 @@ from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load
 from fluent_ld.config.schema import NodeConfig
 from fluent_ld.node import Node
+from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.plugin import StartError
 
 __all__ = ["Runner", "load_for_reload"]
@@ -133,15 +134,11 @@ def _hand_over_memory_stores(old: Node, new: Node, stores: dict | None = None) -
     the same id takes its store over (open, with its events) instead of starting empty; the old
     output leaves it open. Returns the stores handed over, by output id."""
     if stores is None:
-        stores = {
-            pc.id: out.store
-            for pc, out in old.outputs
-            if getattr(out, "store", None) is not None and out.store.path is None
-        }
+        stores = {pc.id: out.store for pc, out in old.outputs if isinstance(out, DurableOutput) and out.store.path is None}
     handed = {}
     for pc, out in new.outputs:
         store = stores.get(pc.id)
-        if store is not None and getattr(out, "store", None) is not None and out.store.path is None:
+        if store is not None and isinstance(out, DurableOutput) and out.store.path is None:
             out.store = store
             out.keep_store_open = True  # until it has started: a failed start must not close it
             handed[pc.id] = store

@@ -56,6 +56,12 @@ class _Worker:
         self.ready = False  # started and not since died: it has its signal handlers
         self.restarts = 0
 
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        """The process, once spawned."""
+        assert self.process is not None, f"worker {self.number} was never spawned"
+        return self.process
+
 
 class Supervisor:
     def __init__(self, path: str, config: NodeConfig, log_level: str | None = None) -> None:
@@ -76,7 +82,7 @@ class Supervisor:
         try:
             async with self._lock:  # a SIGHUP now waits until every worker has started
                 await self._start_all()
-            log.info("fluent-ld started %d workers (pids %s): %s.", len(self.workers), ", ".join(str(w.process.pid) for w in self.workers), self.config.summary())
+            log.info("fluent-ld started %d workers (pids %s): %s.", len(self.workers), ", ".join(str(w.proc.pid) for w in self.workers), self.config.summary())
             keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
             await stop.wait()
             log.info("fluent-ld stopping %d workers.", len(self.workers))
@@ -104,14 +110,14 @@ class Supervisor:
     async def _stop_all(self) -> None:
         running = [w for w in self.workers if w.process is not None and w.process.returncode is None]
         for worker in running:
-            worker.process.send_signal(signal.SIGTERM)
+            worker.proc.send_signal(signal.SIGTERM)
         for worker in running:
             try:
-                await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(worker.proc.wait(), STOP_TIMEOUT)
             except asyncio.TimeoutError:
                 log.error("Worker %d did not stop within %gs: killing it (what it acknowledged is stored).", worker.number, STOP_TIMEOUT)
-                worker.process.kill()
-                await worker.process.wait()
+                worker.proc.kill()
+                await worker.proc.wait()
         for worker in self.workers:
             if worker.listener is not None:
                 worker.listener.cancel()
@@ -188,7 +194,7 @@ class Supervisor:
         started = time.monotonic()
         while True:
             try:
-                process = worker.process
+                process = worker.proc
                 code = await process.wait()
                 worker.ready = False
                 mark_process_dead(process.pid, self.folder)  # its live gauges leave the sums
@@ -214,11 +220,11 @@ class Supervisor:
                     status = await self._next_status(worker, READY_TIMEOUT)
                     if status == "ready":
                         worker.ready = True
-                        log.info("Worker %d restarted (pid %d).", worker.number, worker.process.pid)
+                        log.info("Worker %d restarted (pid %d).", worker.number, worker.proc.pid)
                     else:
                         log.error("Worker %d did not start again (%s); trying again.", worker.number, status)
-                        if worker.process.returncode is None:
-                            worker.process.kill()
+                        if worker.proc.returncode is None:
+                            worker.proc.kill()
             except asyncio.CancelledError:
                 raise
             except Exception:

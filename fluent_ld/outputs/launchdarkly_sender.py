@@ -85,6 +85,7 @@ class Sender:
             # asyncio copies what the socket does not take at once into its buffer and moves the
             # rest along after each send (tens of ms of the loop for a 9 MB body).
             data = aiohttp.BytesIOPayload(io.BytesIO(body)) if len(body) > STREAM_BODY else body
+            assert self.session is not None, "post before start"
             async with self.session.post(self.url, data=data, headers=self.headers(batch), allow_redirects=False) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, text[:2000], response.headers.get("Retry-After"))

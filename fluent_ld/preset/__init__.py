@@ -35,7 +35,10 @@ _PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
 
 
 class PresetError(ValueError):
-    """A preset (or an override) that cannot be used; the message names the field."""
+    """A preset (or an override) that cannot be used; the message names the field (and ``where``,
+    when it comes from a config, the line)."""
+
+    where: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ class Preset:
             check_event_rule(rule, f"event {rule.name!r}")
             merged[rule.name] = rule
         new_contexts = tuple(contexts) or self.contexts
-        for rule in new_contexts:
-            check_context_rule(rule, f"context {rule.kind!r}")
+        for context in new_contexts:
+            check_context_rule(context, f"context {context.kind!r}")
         if len({c.kind for c in new_contexts}) != len(new_contexts):
             raise PresetError("each context kind may appear only once")
         policy = unmapped_events or self.unmapped_events
@@ -155,7 +158,7 @@ def preset_from_dict(data: Any, source: str) -> Preset:
             raise PresetError(f"{what}: required_properties must be an array")
         rule = EventRule(
             name,
-            spec.get("key"),
+            spec.get("key", ""),
             spec.get("metric_value"),
             bool(spec.get("metric_value_required", False)),
             tuple(required),
@@ -174,9 +177,9 @@ def preset_from_dict(data: Any, source: str) -> Preset:
         keys = [keys] if isinstance(keys, str) else keys
         if not isinstance(keys, list):
             raise PresetError(f"{what}: 'key' must be a field path or an array of them")
-        rule = ContextRule(spec["kind"], tuple(keys))
-        check_context_rule(rule, what)
-        contexts.append(rule)
+        context = ContextRule(spec["kind"], tuple(keys))
+        check_context_rule(context, what)
+        contexts.append(context)
     preset = Preset(
         name=str(data.get("name", source)),
         events=events,

@@ -63,7 +63,7 @@ class MonitorAgentSource(Source):
         except OSError as exc:
             await self._runner.cleanup()
             raise StartError(f"cannot listen on {self.conf.bind}:{self.conf.port}: {exc.strerror or exc}") from exc
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         self.log.info("Serving /metrics, /api/plugins.json, /healthz and /readyz on http://%s:%d.", self.conf.bind, self.port)
 
     async def stop(self) -> None:
