@@ -10,6 +10,7 @@ CI runs 20 kills; ``FLUENT_LD_KILLS=200`` runs a longer loop locally. ``FLUENT_L
 random moments (the seed is printed, so a failure can be replayed).
 """
 
+import pytest
 import os
 import random
 import signal
@@ -22,6 +23,8 @@ import msgpack
 from fluent_ld.ldserver import Fault, LaunchDarklyServer
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config, start_node
+
+pytestmark = pytest.mark.slow
 
 KILLS = int(os.environ.get("FLUENT_LD_KILLS", "20"))
 SEED = int(os.environ.get("FLUENT_LD_SEED", str(random.randrange(1 << 30))))

@@ -4,6 +4,7 @@ RSS must stay flat once warm: no growth trend, and the last samples close to the
 CI runs 40 s at about 5,000 records/s; ``FLUENT_LD_SOAK_SECONDS=900`` runs longer locally.
 """
 
+import pytest
 import os
 import signal
 import statistics
@@ -16,6 +17,8 @@ import msgpack
 from fluent_ld.ldserver import LaunchDarklyServer
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config
+
+pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("FLUENT_LD_SOAK_SECONDS", "40"))
 PER_REQUEST = 100

@@ -2,6 +2,7 @@
 port, a killed worker is restarted and delivers what it had stored, metrics are summed across
 workers (and across the restart), the monitor and webhook are served once, and SIGTERM stops it all."""
 
+import pytest
 import os
 import re
 import signal
@@ -11,6 +12,8 @@ from fluent import sender
 
 from ld_harness import TOKEN, ServerThread, free_port
 from process_harness import NodeProcess, alive, get_json, scrape, until, value
+
+pytestmark = pytest.mark.slow
 
 
 def config(tmp_path, url, forward, monitor, webhook):
