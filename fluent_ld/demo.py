@@ -1,7 +1,7 @@
 """``fluent-ld demo``: the whole path on one machine, nothing else running.
 
 A LaunchDarkly-compatible server on a free port, a node from the packaged default config pointed at
-it (store in a temporary folder), the seed's sample Signal events sent with fluent-logger (a real
+it (store in a temporary folder), sample Signal events sent with fluent-logger (a real
 forward client, with acks), then what LaunchDarkly received, as it received it.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_CONFIG", "SAMPLE_EVENTS", "run_demo"]
 DEFAULT_CONFIG = str(resources.files("fluent_ld").joinpath("default.conf"))
 DEMO_TOKEN = "api-demo-0000-token"
 
-# The seed's example first (datafly.track("Order Completed", {...}) for an anonymous visitor),
+# The import guide's own example first (datafly.track("Order Completed", {...}) for an anonymous visitor),
 # then one of each event the Default preset maps, and two it does not take.
 SAMPLE_EVENTS = [
     {"type": "track", "event": "Order Completed", "anonymous_id": "a1b2c3d4-anonymous-id",

@@ -21,7 +21,7 @@ __all__ = [
     "unpack_lengths",
 ]
 
-# LaunchDarkly's documented limit on the import request body (seed: "must stay under 10 MB").
+# LaunchDarkly's documented limit on the import request body ("must stay under 10 MB").
 # Whether it is measured before or after gzip is not documented, so the uncompressed body is bounded.
 LD_BODY_LIMIT = 10_000_000
 

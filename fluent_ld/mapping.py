@@ -1,4 +1,4 @@
-"""Signal event -> LaunchDarkly custom event (the seed document's mapping), with validation.
+"""Signal event -> LaunchDarkly custom event (the mapping of LaunchDarkly's metric import guide), with validation.
 
 Every record is validated against its event's JSON Schema (generated from the preset, compiled once
 with jsonschema-rs, formats checked) before it is mapped; a record LaunchDarkly would silently drop
