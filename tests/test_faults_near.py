@@ -38,7 +38,7 @@ import zstandard
 from fluent_ld import metrics
 from fluent_ld.forward.codec import NEED_DATA, Decoder, DecoderLimits, ProtocolError
 from fluent_ld.sources import forward_connection
-from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS
+from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, Pause, State
 from harness import RawClient, RunningNode, forward_request
 from test_forward_security import connect, ping
 
@@ -452,14 +452,14 @@ def test_clients_that_never_read_their_acks_are_paused_with_bounded_memory_then_
             # Every one of them is paused because it does not read (not merely awaiting admits).
             def states() -> list:
                 return [
-                    (x.paused, x.writing_paused, len(x.pending), x.backlog, x.transport.get_write_buffer_size(), x.closing, x.lost)
+                    (x.state.name, sorted(r.name for r in x.pause_reasons), len(x.pending), x.transport.get_write_buffer_size())
                     for x in conns
                 ]
 
             wait_until(
-                lambda: n.call(lambda: all(x.writing_paused and x.paused for x in conns)),
+                lambda: n.call(lambda: all(x.state is State.OPEN and Pause.WRITING in x.pause_reasons for x in conns)),
                 timeout=10,
-                what=lambda: f"the pauses: (paused, writing_paused, pending, backlog, buffered, closing, lost) = {n.call(states)}",
+                what=lambda: f"the pauses: (state, pause reasons, pending, buffered) = {n.call(states)}",
             )
             ack_size = len(msgpack.packb({"ack": f"0:0000:{TOKEN}"}))
             high = n.call(lambda: conns[0].transport.get_write_buffer_limits()[1])
@@ -525,8 +525,8 @@ def test_connections_the_server_closes_are_dropped_when_their_clients_never_read
                 socks.append(s)
                 conns.append(conn)
             try:
-                wait_until(lambda: n.call(lambda: all(c.closing for c in conns)), timeout=5, what="the server closing them all")
-                unflushed = n.call(lambda: sum(1 for c in conns if not c.lost and c.transport.get_write_buffer_size()))
+                wait_until(lambda: n.call(lambda: all(c.state in (State.CLOSING, State.CLOSED) for c in conns)), timeout=5, what="the server closing them all")
+                unflushed = n.call(lambda: sum(1 for c in conns if c.state is State.CLOSING and c.transport.get_write_buffer_size()))
                 assert unflushed >= CLOSING // 2, f"only {unflushed} connections kept unread acks"
                 wait_until(lambda: open_connections(n) == 1, timeout=5, what="the closed connections to be dropped")
                 with RawClient(n.port) as fresh:  # a slot is free again

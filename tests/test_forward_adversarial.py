@@ -21,7 +21,7 @@ import pytest
 
 from fluent_ld.plugin import BufferFullError
 from fluent_ld.sources import forward_connection
-from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, PENDING_ALWAYS, ForwardConnection
+from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, PENDING_ALWAYS, ForwardConnection, Pause
 from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 from test_forward_security import SECURE, connect, ping
 
@@ -140,7 +140,7 @@ def test_a_client_not_reading_its_acks_is_paused_with_bounded_memory_and_later_g
         sender = Sender(slow, wire)
         sender.start()
         conn = connection(n)
-        wait_until(lambda: conn.paused and conn.transport.get_write_buffer_size() > 0, what="the pause")
+        wait_until(lambda: Pause.WRITING in conn.pause_reasons and conn.transport.get_write_buffer_size() > 0, what="the pause")
         # Another client is served normally meanwhile.
         with RawClient(n.port) as other:
             for i in range(5):
@@ -150,7 +150,7 @@ def test_a_client_not_reading_its_acks_is_paused_with_bounded_memory_and_later_g
                 assert time.monotonic() - start < 1
         time.sleep(0.2)
         # Reading is paused: most requests are still on the client's side (or in kernel buffers).
-        assert conn.paused and n.source.stats["requests"] < count / 2
+        assert Pause.WRITING in conn.pause_reasons and n.source.stats["requests"] < count / 2
         high = n.call(lambda: conn.transport.get_write_buffer_limits()[1])
         ack_size = len(forward_connection.encode_ack(f"0000{token}"))
         assert probe.max_pending <= MAX_PENDING_REQUESTS
@@ -206,11 +206,12 @@ def test_reading_stays_paused_until_the_transport_says_resume_writing():
     with node() as n, RawClient(n.port) as c:
         conn = connection(n)
         n.call(conn.pause_writing)
-        assert conn.paused
-        n.call(conn._maybe_resume)  # what each finished admit calls; the buffer is now empty
-        assert conn.paused, "resumed reading without resume_writing"
+        assert conn.pause_reasons == {Pause.WRITING} and not n.call(conn.transport.is_reading)
+        n.call(conn._decode_backlog)  # what each finished admit calls; the buffer is now empty
+        assert conn.pause_reasons == {Pause.WRITING}, "resumed reading without resume_writing"
+        assert not n.call(conn.transport.is_reading), "resumed reading without resume_writing"
         n.call(conn.resume_writing)
-        assert not conn.paused
+        assert not conn.pause_reasons and n.call(conn.transport.is_reading)
         c.send(forward_request("a", [{}], chunk="after"))
         assert c.reply() == {"ack": "after"}
 
@@ -476,7 +477,7 @@ def test_the_idle_sweeper_spares_a_connection_paused_because_its_client_does_not
         slow = raw_socket(n.port, rcvbuf=4096)
         slow.sendall(b"".join(forward_request("a", [{"n": i}], chunk=f"{i:03d}{token}") for i in range(count)))
         conn = connection(n)
-        wait_until(lambda: conn.paused and not conn.pending, what="paused with nothing pending")
+        wait_until(lambda: Pause.WRITING in conn.pause_reasons and not conn.pending, what="paused with nothing pending")
         time.sleep(0.8)  # 4 idle timeouts, paused by the server, not by the client's silence
         assert n.source.stats["idle_closed"] == 0
         with RawClient(sock=slow) as c:
@@ -499,7 +500,7 @@ def test_an_idle_connection_whose_last_acks_cannot_be_flushed_is_closed_and_coun
             time.sleep(0.005)
             if n.call(conn.transport.get_write_buffer_size):
                 break
-        assert n.call(conn.transport.get_write_buffer_size) and not conn.paused
+        assert n.call(conn.transport.get_write_buffer_size) and not conn.pause_reasons
         wait_until(lambda: n.source.stats["idle_closed"] >= 1, timeout=3, what="the idle close")
         time.sleep(0.5)  # ten sweeps
         assert n.source.stats["idle_closed"] == 1
@@ -520,7 +521,7 @@ def test_shutdown_stops_reading_and_acks_exactly_what_it_admitted():
         sender = Sender(s, [forward_request("a", [{"n": i}], chunk=f"c{i}") for i in range(400)], pause=0.002)
         sender.start()
         conn = connection(n)
-        wait_until(lambda: conn.paused and n.source.stats["requests"] >= 10, what="a paused connection")
+        wait_until(lambda: Pause.PENDING_FULL in conn.pause_reasons and n.source.stats["requests"] >= 10, what="a paused connection")
         start = time.monotonic()
     took = time.monotonic() - start
     sender.join(5)
@@ -543,7 +544,7 @@ def test_shutdown_does_not_wait_forever_for_a_client_that_never_reads(probe):
         slow = raw_socket(n.port, rcvbuf=4096)
         Sender(slow, [forward_request("a", [{"n": i}], chunk=f"{i:03d}{token}") for i in range(100)]).start()
         conn = connection(n)
-        wait_until(lambda: conn.paused and conn.transport.get_write_buffer_size() > 0, what="pause")
+        wait_until(lambda: Pause.WRITING in conn.pause_reasons and conn.transport.get_write_buffer_size() > 0, what="pause")
         source = n.source
         start = time.monotonic()
     assert time.monotonic() - start < 3

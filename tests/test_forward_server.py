@@ -6,6 +6,7 @@ import time
 import pytest
 from fluent import sender
 
+from fluent_ld.sources.forward_connection import Pause
 from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 
 BASE = CAPTURE_CONF
@@ -62,7 +63,7 @@ def test_backpressure_pauses_the_connection_and_acks_once_there_is_room():
         c.sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             c.reply()  # nothing acked while the destination is full
-        assert n.call(lambda: n.source.connections and next(iter(n.source.connections)).paused)
+        assert n.call(lambda: Pause.OUTPUT_FULL in next(iter(n.source.connections)).pause_reasons)
         n.call(lambda: n.output().room.set())
         c.sock.settimeout(5)
         assert c.reply() == {"ack": "c1"}

@@ -30,7 +30,7 @@ from fluent_ld.forward.codec import DecoderLimits
 from fluent_ld.forward.handshake import Client, Security, User
 from fluent_ld.plugin import Source, StartError
 from fluent_ld.registry import register
-from fluent_ld.sources.forward_connection import ForwardConnection
+from fluent_ld.sources.forward_connection import ConnectionSettings, ForwardConnection
 
 TRANSPORT = Section(
     "transport",
@@ -144,9 +144,9 @@ class ForwardSource(Source):
 
     def __init__(self, conf, plugin_id, emitter) -> None:
         super().__init__(conf, plugin_id, emitter)
-        self.limits = DecoderLimits(conf.chunk_size_limit, conf.decompression_size_limit)
         self.connections: set[ForwardConnection] = set()
         self.security: Security | None = None
+        self.settings = self._settings()
         self.port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -157,9 +157,54 @@ class ForwardSource(Source):
         self.received = metrics.RECORDS_RECEIVED.labels(plugin_id)
         self.invalid = metrics.RECORDS_REJECTED.labels(plugin_id, "invalid_event")
 
+    def _settings(self) -> ConnectionSettings:
+        conf = self.conf
+        return ConnectionSettings(
+            limits=DecoderLimits(conf.chunk_size_limit, conf.decompression_size_limit),
+            skip_invalid_event=conf.skip_invalid_event,
+            tag=conf.tag,
+            add_tag_prefix=conf.add_tag_prefix,
+            source_address_key=conf.source_address_key,
+            source_hostname_key=conf.source_hostname_key,
+            chunk_size_warn_limit=conf.chunk_size_warn_limit,
+            deny_keepalive=conf.deny_keepalive,
+            handshake_timeout=conf.handshake_timeout,
+            security=self.security,
+        )
+
+    # -- what connections ask of their source (forward_connection.Listener) -----------------------
+
+    def register(self, conn: ForwardConnection) -> bool:
+        if self.stopping:
+            # Accepted just as the source stopped: stop() has already listed the connections to
+            # drain, so this one would never be closed (on Python 3.12+ stop() would then wait for it).
+            return False
+        if len(self.connections) >= self.conf.max_connections:
+            self.count("connections_refused")
+            self.closed_for("refused")
+            self.log.warning(
+                "Refusing a connection from %s: max_connections (%d) reached.", conn.peer, self.conf.max_connections
+            )
+            return False
+        self.connections.add(conn)
+        self.count("connections")
+        self.accepted.inc()
+        return True
+
+    def unregister(self, conn: ForwardConnection) -> None:
+        self.connections.discard(conn)
+
     def closed_for(self, reason: str) -> None:
         """Count a connection closed (or refused) for a reason: protocol, handshake, refused, idle."""
         metrics.FORWARD_ERRORS.labels(self.id, reason).inc()
+
+    def records_received(self, n: int) -> None:
+        self.stats["records"] += n
+        self.received.inc(n)
+
+    def invalid_events(self, n: int) -> None:
+        self.stats["invalid_events"] += n
+        self.invalid.inc(n)
 
     async def refresh_metrics(self) -> None:
         metrics.FORWARD_OPEN.labels(self.id).set(len(self.connections))
@@ -169,6 +214,7 @@ class ForwardSource(Source):
         loop = asyncio.get_running_loop()
         if conf.security is not None:
             self.security = await self._security(conf.security)
+            self.settings = self._settings()
         tls = self._tls_context()
         try:
             if conf.path:
@@ -192,8 +238,8 @@ class ForwardSource(Source):
             await self.stop()
             target = conf.path or f"{conf.bind}:{conf.port}"
             raise StartError(f"cannot listen on {target}: {exc.strerror or exc}") from exc
-        if conf.idle_timeout or conf.security is not None:
-            self._sweeper = loop.create_task(self._sweep_idle())
+        if conf.idle_timeout:  # 0: idle connections are never closed (handshake_timeout is per connection)
+            self._sweeper = loop.create_task(self._sweep_idle(conf.idle_timeout), name=f"{self.id}: idle sweeper")
         extras = [("tls" if tls else "tcp")]
         if not conf.path:
             extras.append("udp heartbeat")
@@ -219,22 +265,15 @@ class ForwardSource(Source):
         if self.conf.path and os.path.exists(self.conf.path):
             os.unlink(self.conf.path)
 
-    async def _sweep_idle(self) -> None:
-        idle = self.conf.idle_timeout
-        period = max(0.05, min(idle / 4 if idle else 5.0, 5.0))
+    async def _sweep_idle(self, idle: float) -> None:
+        """Close the connections silent for ``idle`` seconds (ForwardConnection.idle), looking four
+        times per ``idle`` (every 50 ms to 5 s)."""
+        period = max(0.05, min(idle / 4, 5.0))
         while True:
             await asyncio.sleep(period)
-            if not idle:
-                continue
             cutoff = time.monotonic() - idle
             for conn in list(self.connections):
-                # Not idle: a connection with requests pending (waiting for room in its
-                # destination), one we paused ourselves (its client does not read its acks: silence
-                # we asked for), or one already closing or lost (closing it again would count and
-                # log it again at every sweep while its last acks are flushed).
-                if conn.paused or conn.closing or conn.lost or conn.pending:
-                    continue
-                if conn.last_activity < cutoff:
+                if conn.idle(cutoff):
                     self.count("idle_closed")
                     self.closed_for("idle")
                     self.log.info("Closing the connection from %s: idle for %ss.", conn.peer, idle)

@@ -4,23 +4,38 @@ A few lines of asyncio around the sans-I/O codec and handshake. The order of thi
 decode -> admit (the router hands the records to their output, which decides durability) -> ack.
 Acks go out in request order, one write each. A request whose admit failed is not acked (the
 client sends it again); a malformed stream closes this connection only.
+
+A connection has one :class:`State` and a set of :class:`Pause` reasons: it reads while it is in
+HANDSHAKE or OPEN and the set is empty, and resumes reading when the set becomes empty. What it asks
+of the source that accepted it is the :class:`Listener` interface, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fluent_ld.admission import Admitted, Decoding
-from fluent_ld.forward.codec import Decoder, Frame, Heartbeat, Ping, ProtocolError, Request, encode_ack
-from fluent_ld.forward.handshake import Handshake
-from fluent_ld.plugin import BufferFullError
+from fluent_ld.forward.codec import (
+    Decoder,
+    DecoderLimits,
+    Frame,
+    Heartbeat,
+    Ping,
+    ProtocolError,
+    Request,
+    encode_ack,
+)
+from fluent_ld.forward.handshake import Handshake, Security
+from fluent_ld.plugin import BufferFullError, Emitter
 
-if TYPE_CHECKING:
-    from fluent_ld.sources.forward import ForwardSource
+__all__ = ["ConnectionSettings", "ForwardConnection", "Listener", "Pause", "State"]
 
 # Requests decoded but not yet admitted, per connection: up to MAX_PENDING_REQUESTS while together
 # they hold less than PENDING_BYTES, and always PENDING_ALWAYS (a few large requests pipeline).
@@ -35,34 +50,117 @@ PENDING_BYTES = 1 << 20
 PENDING_ALWAYS = 4
 
 # A connection the server closes (idle, malformed, refused handshake, half-closed by its client)
-# first flushes what it still has to write (its last acks). A client that never reads them kept it
-# open for good, and with it a max_connections slot. Past this many seconds it is dropped: those
-# acks are lost and the client sends the records again, as for any ack it did not get.
+# first flushes what it still has to write (its last acks). A client that never reads them would
+# keep it open for good, and with it a max_connections slot. Past this many seconds it is dropped:
+# those acks are lost and the client sends the records again, as for any ack it did not get.
 CLOSE_TIMEOUT = 10.0
 
 
+class State(enum.Enum):
+    """Where a connection is in its life (one value; why its reading is paused is :class:`Pause`).
+
+    HANDSHAKE -> OPEN when the PING is accepted (a connection without ``<security>`` starts OPEN).
+    HANDSHAKE, OPEN or HALF_CLOSED -> CLOSING when the server closes it. OPEN -> HALF_CLOSED on the
+    client's half-close while requests it sent wait undecoded. OPEN or HALF_CLOSED -> LOST when the
+    transport goes; any other state -> CLOSED. LOST -> CLOSED when decoding stops (a bad frame,
+    shutdown)."""
+
+    HANDSHAKE = "handshake"  # HELO sent (<security>): the client's PING must come first
+    OPEN = "open"  # requests are read, decoded, admitted and acked in order
+    HALF_CLOSED = "half-closed"  # the client half-closed: its backlog is decoded and acked, then closed
+    CLOSING = "closing"  # closed by the server: no more reading or decoding; what is pending is
+    #                      admitted and acked, then the transport closes once its acks are flushed
+    LOST = "lost"  # the transport is gone: what arrived whole is still decoded and admitted, unacked
+    CLOSED = "closed"  # the transport is gone and nothing more is decoded (started admits finish)
+
+    # Members are singletons: hash them by identity, in C. Enum's own hash is a Python call, and
+    # the decode loop asks for the state once per request.
+    __hash__ = object.__hash__
+
+
+class Pause(enum.Enum):
+    """A reason the socket is not read. A connection in HANDSHAKE or OPEN reads again when it has
+    none left; in any other state it reads no more whatever the reasons."""
+
+    PENDING_FULL = "requests pending"  # the pending cap is reached: the rest waits in the decoder
+    WRITING = "client not reading acks"  # between the transport's pause_writing and resume_writing
+    OUTPUT_FULL = "destination full"  # an admit waits for room in its output
+    SHUTDOWN = "shutdown"  # the source is stopping: reading never resumes
+
+    __hash__ = object.__hash__
+
+
+_READING = frozenset({State.HANDSHAKE, State.OPEN})  # the socket is read unless a Pause holds it
+_DECODING = frozenset({State.HANDSHAKE, State.OPEN, State.HALF_CLOSED, State.LOST})
+# What the per-request paths test (each request while a backlog waits), as module names: on Python
+# 3.11 reading an attribute of an Enum class costs ~70 ns (its metaclass defeats the attribute
+# cache), a global ~10.
+_PENDING_FULL, _WRITING, _SHUTDOWN = Pause.PENDING_FULL, Pause.WRITING, Pause.SHUTDOWN
+_HALF_CLOSED = State.HALF_CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What a connection reads from its source's configuration (``<source> @type forward``)."""
+
+    limits: DecoderLimits
+    skip_invalid_event: bool = True
+    tag: str | None = None
+    add_tag_prefix: str | None = None
+    source_address_key: str | None = None
+    source_hostname_key: str | None = None
+    chunk_size_warn_limit: int | None = None
+    deny_keepalive: bool = False
+    handshake_timeout: float = 30.0
+    security: Security | None = None  # the shared-key handshake, when <security> is set
+
+
+class Listener(Protocol):
+    """The source side of a connection: all a :class:`ForwardConnection` asks of the source that
+    accepted it (:class:`~fluent_ld.sources.forward.ForwardSource` is one)."""
+
+    settings: ConnectionSettings
+    emitter: Emitter  # admits the requests (admit_frame, then commit)
+    log: logging.Logger
+
+    def register(self, conn: ForwardConnection) -> bool:
+        """Count a new connection in. False: refused (the source is stopping, or max_connections
+        is reached: counted and logged); the connection aborts its transport."""
+
+    def unregister(self, conn: ForwardConnection) -> None:
+        """The connection is done: its transport is gone and its admits have finished."""
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count something that happened (requests, admit_failures, ...) in the source's stats."""
+
+    def closed_for(self, reason: str) -> None:
+        """Count a connection closed by the server: protocol, handshake, idle."""
+
+    def records_received(self, n: int) -> None:
+        """Count records admitted."""
+
+    def invalid_events(self, n: int) -> None:
+        """Count entries skipped as not ``[time, record]``."""
+
+
 class ForwardConnection(asyncio.Protocol):
-    def __init__(self, source: ForwardSource) -> None:
-        self.source = source
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        settings = self.settings = listener.settings
+        self.state = State.HANDSHAKE if settings.security is not None else State.OPEN
+        self.pause_reasons: set[Pause] = set()
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.peer_address = ""
         self.hostname: str | None = None
-        self.decoder = Decoder(source.limits, source.conf.skip_invalid_event, lazy=True)
-        self.handshake: Handshake | None = None
+        self.decoder = Decoder(settings.limits, settings.skip_invalid_event, lazy=True)
+        self.handshake: Handshake | None = None  # the handshake in progress (state HANDSHAKE)
         self.pending: deque[Frame | Request] = deque()  # a Request: small, decoded by the codec
         self.pending_bytes = 0  # their wire sizes
         # One admit task per pending request, started as soon as it is decoded: admits of one
         # connection overlap (their store commits share an fsync) while acks still go out in order.
         self.admits: deque[asyncio.Task[Admitted]] = deque()
         self.worker: asyncio.Task | None = None
-        self.paused = False  # reading paused, for any of the reasons below
-        self.writing_paused = False  # between the transport's pause_writing and resume_writing
-        self.backlog = False  # the decoder may hold requests not decoded yet (pending was full)
-        self.eof = False  # the client half-closed while a backlog was waiting
-        self.draining = False  # shutdown: never resume reading
-        self.lost = False  # the transport is gone (what was read is still admitted)
-        self.closing = False  # no more reading nor decoding: finishing what is pending
         self.last_activity = time.monotonic()
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -79,71 +177,53 @@ class ForwardConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         else:
             self.peer = "unix socket"
-        source = self.source
-        if source.stopping:
-            # Accepted just as the source stopped: stop() has already listed the connections to
-            # drain, so this one would never be closed (on Python 3.12+ stop() would then wait for it).
+        if not self.listener.register(self):
+            self.state = State.CLOSED
             transport.abort()
             return
-        if len(source.connections) >= source.conf.max_connections:
-            source.count("connections_refused")
-            source.closed_for("refused")
-            source.log.warning(
-                "Refusing a connection from %s: max_connections (%d) reached.",
-                self.peer,
-                source.conf.max_connections,
-            )
-            transport.abort()
-            return
-        source.connections.add(self)
-        source.count("connections")
-        source.accepted.inc()
-        if source.security is not None:
+        settings = self.settings
+        if settings.security is not None:
             self.handshake = Handshake(
-                source.security,
+                settings.security,
                 self.peer_address,
                 nonce=os.urandom(16),
                 auth_salt=os.urandom(16),
-                keepalive=not source.conf.deny_keepalive,
+                keepalive=not settings.deny_keepalive,
             )
             self.transport.write(self.handshake.helo())
             loop = asyncio.get_running_loop()
-            self.handshake_timer = loop.call_later(
-                source.conf.handshake_timeout, self._handshake_timed_out
-            )
+            self.handshake_timer = loop.call_later(settings.handshake_timeout, self._handshake_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
         if not self.lost_waiter.done():
             self.lost_waiter.set_result(None)
         if self.handshake_timer:
             self.handshake_timer.cancel()
         if self.close_timer:
             self.close_timer.cancel()
-        # Requests that arrived whole before a reset are still admitted (not acked: there is no one
-        # to ack). Until they are, the connection stays in the source's set, so that shutdown waits
-        # for them and max_connections bounds the memory they hold (before, a client could reset
-        # and reconnect to pile up admits in the background, and stop() did not wait for them).
-        self._maybe_resume()
+        # Requests that arrived whole before a reset are still decoded and admitted (not acked:
+        # there is no one to ack). Until they are, the connection stays registered, so that
+        # shutdown waits for them and max_connections bounds the memory they hold.
+        self.state = State.LOST if self.state is State.OPEN or self.state is State.HALF_CLOSED else State.CLOSED
+        self.pause_reasons.discard(Pause.WRITING)  # nothing more is written: no resume_writing comes
+        self._decode_backlog()
         if self.worker is not None and not self.worker.done():
-            self.worker.add_done_callback(lambda _: self.source.connections.discard(self))
+            self.worker.add_done_callback(lambda _: self.listener.unregister(self))
         else:
-            self.source.connections.discard(self)
+            self.listener.unregister(self)
 
     def pause_writing(self) -> None:
         # The client does not read its acks: stop reading its requests until it does.
-        self.writing_paused = True
-        self._pause("client not reading acks")
+        self._pause(Pause.WRITING)
 
     def resume_writing(self) -> None:
-        # Only here may reading resume after pause_writing: the transport calls pause_writing once
-        # per crossing of its high-water mark, so resuming earlier (say with the buffer between
-        # the low and high marks) would leave acks piling up with no pause_writing to stop them.
-        self.writing_paused = False
-        self._maybe_resume()
+        # Only here may this reason go: the transport calls pause_writing once per crossing of its
+        # high-water mark, so resuming earlier (say with the buffer between the low and high marks)
+        # would leave acks piling up with no pause_writing to stop them.
+        self._resume(Pause.WRITING)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.state not in _READING:
             return
         self.last_activity = time.monotonic()
         try:
@@ -153,17 +233,17 @@ class ForwardConnection(asyncio.Protocol):
             return
         self._decode()
 
-    def _decode(self) -> None:
-        """Turn what the decoder holds into requests, but no more than :meth:`_full` allows:
-        one read can hold thousands of small requests, and before this they were all decoded (and
-        held) at once. The rest waits in the decoder, reading paused, until admits make room."""
+    def _decode(self) -> bool:
+        """Turn what the decoder holds into requests, but no more than :meth:`_full` allows: one
+        read can hold thousands of small requests. The rest waits in the decoder, reading paused
+        (:attr:`Pause.PENDING_FULL`), until admits make room: :meth:`_decode_backlog`. True once
+        the decoder holds no whole request."""
         try:
             now = time.time_ns()
-            while not self.closing:
+            while self.state in _DECODING:
                 if self._full():
-                    self.backlog = True
-                    self._pause("requests pending")
-                    return
+                    self._pause(_PENDING_FULL)
+                    return False
                 event = self.decoder.next_event(now)
                 if type(event) is Frame or type(event) is Request:
                     self._received(event, now)
@@ -172,25 +252,25 @@ class ForwardConnection(asyncio.Protocol):
                 elif type(event) is Heartbeat:
                     continue
                 else:  # NEED_DATA
-                    break
-            self.backlog = False
+                    return True
         except ProtocolError as exc:
-            self.backlog = False
             self._protocol_error(exc)
+        return False
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        self.source.count("protocol_errors")
-        self.source.closed_for("protocol")
-        self.source.log.warning("Closing the connection from %s: %s.", self.peer, exc)
+        self.listener.count("protocol_errors")
+        self.listener.closed_for("protocol")
+        self.listener.log.warning("Closing the connection from %s: %s.", self.peer, exc)
         self.finish_then_close()
 
     def eof_received(self) -> bool:
         # Half-close from the client: finish what it sent (and ack it), then close. With requests
-        # still undecoded (reading was paused), that waits until they are decoded: _maybe_resume.
-        if self.backlog:
-            self.eof = True
-        else:
-            self.finish_then_close()
+        # still undecoded (reading was paused), that waits until they are decoded: _decode_backlog.
+        if self.state in _READING:
+            if Pause.PENDING_FULL in self.pause_reasons:
+                self.state = State.HALF_CLOSED
+            else:
+                self.finish_then_close()
         return True
 
     # -- handshake ---------------------------------------------------------------------------
@@ -203,19 +283,21 @@ class ForwardConnection(asyncio.Protocol):
         if self.handshake_timer:
             self.handshake_timer.cancel()
         self.handshake = None
-        if not ok:
-            self.source.count("handshake_failures")
-            self.source.closed_for("handshake")
-            self.source.log.warning(
-                "Handshake refused for %s (client hostname %r): %s.", self.peer, ping.hostname, reason
-            )
-            self.close()
+        if ok:
+            self.state = State.OPEN
+            return
+        self.listener.count("handshake_failures")
+        self.listener.closed_for("handshake")
+        self.listener.log.warning(
+            "Handshake refused for %s (client hostname %r): %s.", self.peer, ping.hostname, reason
+        )
+        self.close()
 
     def _handshake_timed_out(self) -> None:
-        if self.handshake is not None and not self.closing:
-            self.source.count("handshake_failures")
-            self.source.closed_for("handshake")
-            self.source.log.warning("Closing the connection from %s: no PING within handshake_timeout.", self.peer)
+        if self.state is State.HANDSHAKE:
+            self.listener.count("handshake_failures")
+            self.listener.closed_for("handshake")
+            self.listener.log.warning("Closing the connection from %s: no PING within handshake_timeout.", self.peer)
             self.close()
 
     # -- requests ----------------------------------------------------------------------------
@@ -223,26 +305,26 @@ class ForwardConnection(asyncio.Protocol):
     def _received(self, frame: Frame | Request, now_ns: int) -> None:
         if self.handshake is not None:
             raise ProtocolError("a request before the handshake completed")
-        source = self.source
-        source.count("requests")
-        warn_limit = source.conf.chunk_size_warn_limit
+        listener = self.listener
+        listener.count("requests")
+        warn_limit = self.settings.chunk_size_warn_limit
         if warn_limit is not None and frame.wire_size > warn_limit:
-            source.log.warning(
+            listener.log.warning(
                 "A request of %d bytes from %s is over chunk_size_warn_limit (%d).",
                 frame.wire_size,
                 self.peer,
-                source.conf.chunk_size_warn_limit,
+                warn_limit,
             )
         self.pending.append(frame)
         self.pending_bytes += frame.wire_size
         self.admits.append(asyncio.get_running_loop().create_task(self._admit(frame, now_ns)))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.get_running_loop().create_task(self._admit_pending())
-        if source.conf.deny_keepalive:
+        if self.settings.deny_keepalive:
             self.finish_then_close()  # one request per connection, as Fluentd's deny_keepalive
 
     async def _admit_pending(self) -> None:
-        source = self.source
+        listener = self.listener
         while self.pending:
             frame = self.pending[0]
             try:
@@ -252,8 +334,8 @@ class ForwardConnection(asyncio.Protocol):
                 # not acked; what was received before it is still acked, then the connection closes.
                 self._protocol_error(exc)
             except Exception:
-                source.count("admit_failures")
-                source.log.exception(
+                listener.count("admit_failures")
+                listener.log.exception(
                     "Records from %s (tag %r) were not admitted; no ack is sent, so the client "
                     "will send them again.",
                     self.peer,
@@ -264,44 +346,45 @@ class ForwardConnection(asyncio.Protocol):
                     self.transport.write(encode_ack(admitted.chunk))
             self.pending_bytes -= self.pending.popleft().wire_size
             self.admits.popleft()
-            self._maybe_resume()
+            self._decode_backlog()
 
     async def _admit(self, frame: Frame | Request, now_ns: int) -> Admitted:
-        source = self.source
-        conf = source.conf
-        tag = conf.tag or frame.tag
-        if conf.add_tag_prefix:
-            tag = f"{conf.add_tag_prefix}.{tag}"
+        settings = self.settings
+        listener = self.listener
+        tag = settings.tag or frame.tag
+        if settings.add_tag_prefix:
+            tag = f"{settings.add_tag_prefix}.{tag}"
         extra: dict[str, Any] | None = None
-        if conf.source_address_key or conf.source_hostname_key:
+        if settings.source_address_key or settings.source_hostname_key:
             extra = {}
-            if conf.source_address_key:
-                extra[conf.source_address_key] = self.peer_address
-            if conf.source_hostname_key:
-                extra[conf.source_hostname_key] = await self._peer_hostname()
-        emitter = source.emitter
+            if settings.source_address_key:
+                extra[settings.source_address_key] = self.peer_address
+            if settings.source_hostname_key:
+                extra[settings.source_hostname_key] = await self._peer_hostname()
+        emitter = listener.emitter
         if type(frame) is Request:
             if extra:
                 for _, record in frame.entries:
                     record.update(extra)
             admitted = Admitted(frame.chunk, frame.mode, frame.invalid, frame.markers, entries=frame.entries)
         else:
-            admitted = await emitter.admit_frame(tag, frame, Decoding(source.limits, conf.skip_invalid_event, now_ns, extra))
+            decoding = Decoding(settings.limits, settings.skip_invalid_event, now_ns, extra)
+            admitted = await emitter.admit_frame(tag, frame, decoding)
         if admitted.invalid:
-            source.count("invalid_events", admitted.invalid)
-            source.invalid.inc(admitted.invalid)
+            listener.invalid_events(admitted.invalid)
         while True:
             try:
                 await emitter.commit(tag, admitted)
-                records = admitted.records
-                source.count("records", records)
-                source.received.inc(records)
+                listener.records_received(admitted.records)
                 return admitted
             except BufferFullError as full:
                 # Backpressure: keep the connection, stop reading it, wait for room, try again.
-                source.count("backpressure_waits")
-                self._pause("destination full")
-                await full.wait_for_room()
+                listener.count("backpressure_waits")
+                self._pause(Pause.OUTPUT_FULL)
+                try:
+                    await full.wait_for_room()
+                finally:
+                    self._resume(Pause.OUTPUT_FULL)
 
     async def _peer_hostname(self) -> str:
         if self.hostname is None:
@@ -313,48 +396,82 @@ class ForwardConnection(asyncio.Protocol):
                         loop.getnameinfo((self.peer_address, 0)), timeout=5
                     )
                     self.hostname = host
-                except (OSError, asyncio.TimeoutError):
+                except (OSError, TimeoutError):
                     pass  # keep the address: a missing reverse record is not an error
         return self.hostname
 
-    # -- flow control and closing ---------------------------------------------------------------
+    # -- flow control --------------------------------------------------------------------------
 
     def _full(self) -> bool:
         n = len(self.pending)
         return n >= MAX_PENDING_REQUESTS or (n >= PENDING_ALWAYS and self.pending_bytes >= PENDING_BYTES)
 
-    def _pause(self, why: str) -> None:
-        if not self.paused and self.transport and not self.transport.is_closing():
-            self.paused = True
-            self.transport.pause_reading()
+    def _pause(self, reason: Pause) -> None:
+        """Stop reading for ``reason`` (the socket is paused with the first reason)."""
+        reasons = self.pause_reasons
+        if reason not in reasons:
+            if not reasons and self.state in _READING and not self.transport.is_closing():
+                self.transport.pause_reading()
+            reasons.add(reason)
 
-    def _maybe_resume(self) -> None:
-        """Called when a reason to pause may have gone (an admit finished, resume_writing, the
-        connection lost): decode the backlog first, then resume reading if nothing holds it."""
-        if not (self.paused or self.backlog) or self.closing or self._full():
+    def _resume(self, reason: Pause) -> None:
+        """``reason`` is gone: read again if no other reason holds the socket."""
+        reasons = self.pause_reasons
+        if reason not in reasons:
             return
-        if self.backlog:
-            # Held while the client does not read its acks; decoded anyway at shutdown or once the
-            # connection is lost (read whole, so admitted: nothing that arrived whole is dropped).
-            if self.writing_paused and not (self.draining or self.lost):
-                return
-            self._decode()
-            if self.backlog or self.closing:
-                return
-        if self.writing_paused or self.draining or self.lost:
+        reasons.discard(reason)
+        if reasons:
+            self._decode_backlog()  # the reason gone may have been what held the backlog
+        else:
+            self._read_again()
+
+    def _decode_backlog(self) -> None:
+        """Called when there may be room for the requests waiting in the decoder (an admit
+        finished, resume_writing, the connection lost, shutdown): decode them, and once they are
+        all decoded, read again (or close, after a half-close) if nothing else holds the socket."""
+        reasons = self.pause_reasons
+        if _PENDING_FULL not in reasons or self._full():
             return
-        if self.eof:
+        # Held while the client does not read its acks (each request decoded is one more ack for
+        # a buffer nobody drains); decoded anyway at shutdown or once the client is gone (read
+        # whole, so admitted: nothing that arrived whole is dropped).
+        if _WRITING in reasons and _SHUTDOWN not in reasons:
+            return
+        if not self._decode():
+            return  # full again, or closing
+        reasons.discard(_PENDING_FULL)
+        if self.state is _HALF_CLOSED:
             self.finish_then_close()  # the client's half-close came while the backlog waited
-            return
-        if self.transport and not self.transport.is_closing():
-            self.paused = False
+        elif not reasons:
+            self._read_again()
+
+    def _read_again(self) -> None:
+        if self.state in _READING and not self.transport.is_closing():
             self.last_activity = time.monotonic()  # paused by us is not idle
             self.transport.resume_reading()
+
+    def idle(self, since: float) -> bool:
+        """Silent since before ``since`` (``time.monotonic()``) while free to read: not waiting for
+        room in its destination nor for its client to read its acks (silence the server asked
+        for), nothing pending, not already closing (closing it again would count and log it again
+        while its last acks are flushed)."""
+        return (
+            self.state in _READING
+            and not self.pause_reasons
+            and not self.pending
+            and self.last_activity < since
+        )
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def _stop_decoding(self) -> None:
+        self.state = State.CLOSED if self.state is State.LOST or self.state is State.CLOSED else State.CLOSING
+        self.pause_reasons.discard(Pause.PENDING_FULL)  # what the decoder still holds is dropped
 
     def finish_then_close(self) -> None:
         """Read no more, admit and ack what was already decoded, then close. Records that arrived
         whole are never thrown away because a later frame was bad."""
-        self.closing = True
+        self._stop_decoding()
         if self.transport and not self.transport.is_closing():
             self.transport.pause_reading()
         if self.worker is not None and not self.worker.done():
@@ -364,15 +481,15 @@ class ForwardConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after pending writes (a refusing PONG, the last ack) are flushed."""
-        self.closing = True
+        self._stop_decoding()
         if self.transport and not self.transport.is_closing():
             self.transport.close()
-            if not self.lost and not self.draining:  # at shutdown, drain_and_close bounds it
+            if Pause.SHUTDOWN not in self.pause_reasons:  # at shutdown, drain_and_close bounds it
                 self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
-        if not self.lost and self.transport:
-            self.source.log.warning(
+        if self.state is State.CLOSING and self.transport:
+            self.listener.log.warning(
                 "Dropping the connection from %s: it did not read its last acks within %ss of being closed.",
                 self.peer,
                 CLOSE_TIMEOUT,
@@ -380,23 +497,17 @@ class ForwardConnection(asyncio.Protocol):
             self.transport.abort()
 
     async def drain_and_close(self, timeout: float) -> None:
-        """At shutdown: stop reading, let the requests already received be admitted and acked
-        (within ``timeout``), then close.
-
-        Reading stays paused for good (``draining``): before, each finished admit resumed it, so a
-        client that kept sending kept the shutdown going until ``timeout``."""
+        """At shutdown: stop reading for good, let the requests already received be admitted and
+        acked (within ``timeout``), then close."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        self.draining = True
-        if self.transport and not self.transport.is_closing():
-            self.transport.pause_reading()
-            self.paused = True
-        self._maybe_resume()  # decodes a backlog already read (it never resumes reading now)
+        self._pause(Pause.SHUTDOWN)
+        self._decode_backlog()  # decodes a backlog already read (reading never resumes now)
         if self.worker is not None and not self.worker.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self.worker), timeout)
-            except asyncio.TimeoutError:
-                self.source.log.warning(
+            except TimeoutError:
+                self.listener.log.warning(
                     "%d request(s) from %s were not admitted before shutdown; they were not "
                     "acked and the client will send them again.",
                     len(self.pending),
@@ -413,8 +524,8 @@ class ForwardConnection(asyncio.Protocol):
         # and the client sends the records again, as for any ack it did not get.
         try:
             await asyncio.wait_for(asyncio.shield(self.lost_waiter), max(deadline - loop.time(), 0.2))
-        except asyncio.TimeoutError:
-            self.source.log.warning(
+        except TimeoutError:
+            self.listener.log.warning(
                 "Dropping the connection from %s at shutdown: it did not read its acks.", self.peer
             )
             if self.transport:
