@@ -1,9 +1,13 @@
-"""The LaunchDarkly webhook source over real HTTP: signatures, replays, policy, ordering, limits."""
+"""The LaunchDarkly webhook source over real HTTP: signatures, replays, policy, ordering, limits;
+and its store of seen entry ids."""
 
+import ast
+import asyncio
 import concurrent.futures
 import hashlib
 import hmac
 import json
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -11,6 +15,8 @@ import pytest
 
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load_text
+from fluent_ld.sources import webhook
+from fluent_ld.sources.webhook import MAX_IDS_IN_MEMORY, SeenIds
 from harness import RunningNode
 
 SECRET = "whsec-test"
@@ -166,3 +172,105 @@ def test_unsigned_requires_an_explicit_choice():
 def test_a_bad_policy_is_refused_at_config_time():
     with pytest.raises(ConfigErrors, match="parameter 'policy'"):
         load_text(CONF.format(secret=SECRET, extra='policy [{"effect": "maybe", "actions": ["*"], "resources": ["proj/*"]}]'))
+
+
+# -- the id store ------------------------------------------------------------------------------------
+
+
+def test_the_in_memory_ids_are_strictly_bounded_and_the_oldest_forgotten_first():
+    extra = 5_000
+
+    async def fill() -> tuple[SeenIds, int]:
+        seen = SeenIds(None, window=24 * 3600)
+        await seen.open()
+        largest = 0
+        for i in range(MAX_IDS_IN_MEMORY + extra):  # all within the window
+            await seen.add(f"id-{i}")
+            largest = max(largest, len(seen))
+        return seen, largest
+
+    async def check(seen: SeenIds) -> None:
+        assert not await seen.contains("id-0")
+        assert not await seen.contains(f"id-{extra - 1}")
+        assert await seen.contains(f"id-{extra}")
+        assert await seen.contains(f"id-{MAX_IDS_IN_MEMORY + extra - 1}")
+
+    seen, largest = asyncio.run(fill())
+    assert largest == len(seen) == MAX_IDS_IN_MEMORY
+    assert seen.forgotten == extra
+    asyncio.run(check(seen))
+
+
+def test_in_memory_ids_past_the_window_are_forgotten_on_the_next_add():
+    async def main() -> None:
+        seen = SeenIds(None, window=0.05)
+        await seen.open()
+        for i in range(10):
+            await seen.add(f"old-{i}")
+        await asyncio.sleep(0.1)
+        assert not await seen.contains("old-0")
+        await seen.add("new")
+        assert len(seen) == 1 and await seen.contains("new")
+        assert seen.forgotten == 0  # past the window: nothing lost
+
+    asyncio.run(main())
+
+
+def plan(path, statement: str) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return " | ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + statement, (0.0,)))
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-store", "store-without-the-index"])
+def test_pruning_the_id_store_searches_an_index_on_its_time_column(tmp_path, existing):
+    path = tmp_path / "ids" / "seen.sqlite3"
+    if existing:  # a store whose table has no index on its time column
+        path.parent.mkdir()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.executemany("INSERT INTO seen VALUES (?, ?)", [(f"id-{i}", float(i)) for i in range(1000)])
+        db.commit()
+        db.close()
+        assert "USING" not in plan(path, SeenIds.PRUNE)  # a scan of the whole table
+
+    async def main() -> None:
+        seen = SeenIds(str(path), window=3600)
+        await seen.open()
+        await seen.add("new")
+        assert await seen.contains("new") and not await seen.contains("id-1")
+        await seen.close()
+
+    asyncio.run(main())
+    assert "USING INDEX seen_at" in plan(path, SeenIds.PRUNE) or "USING COVERING INDEX seen_at" in plan(path, SeenIds.PRUNE)
+
+
+def test_the_webhook_source_touches_no_private_attribute_of_another_object():
+    """Only public aiohttp API (a private attribute such as a site's ``_server`` may go in any
+    release): no ``x._name`` where x is not ``self``."""
+    path = webhook.__file__
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    private = [
+        f"{path}:{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+    assert private == []
+
+
+def test_forgetting_ids_within_the_window_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(webhook, "MAX_IDS_IN_MEMORY", 2)
+    with node() as n:
+        for i in range(5):
+            assert post(n, json.dumps(entry(f"id-{i}")).encode())[0] == 200
+        assert post(n, json.dumps(entry("id-4")).encode()) == (200, {"status": "duplicate"})
+        assert post(n, json.dumps(entry("id-0")).encode())[0] == 200  # forgotten: forwarded again
+        assert len(n.wait_records(6)) == 6
+    warnings = [r for r in caplog.records if "the oldest are forgotten" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"

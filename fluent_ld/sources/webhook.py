@@ -20,6 +20,7 @@ import os
 import sqlite3
 import ssl
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -46,6 +47,11 @@ RETRY_AFTER_SECONDS = 5
 # The latest ``date`` (Unix ms) every output can carry: the forward protocol's EventTime holds
 # 32-bit seconds (February 2106). Later dates would fail at the output, answered 500 forever.
 MAX_DATE_MS = (2**32 - 1) * 1000 + 999
+# The most entry ids remembered in memory (no state_path), within dedup_window: ~200 bytes each, so
+# ~20 MB. LaunchDarkly's audit log of even a large account sees far fewer changes a day. Past it the
+# oldest ids are forgotten first, and a replay of one of them would be forwarded again (logged);
+# state_path keeps any number of them on disk.
+MAX_IDS_IN_MEMORY = 100_000
 # Stat names -> the outcome label of fluentld_webhook_requests_total.
 _OUTCOMES = {"duplicates": "duplicate", "admit_failures": "admit_failure"}
 
@@ -107,6 +113,7 @@ class LaunchDarklyWebhookSource(Source):
         self._seq = itertools.count()
         self._flusher: asyncio.Task | None = None
         self._in_flight: set[str] = set()
+        self._warned_forgotten = False
 
     def count(self, name: str, n: int = 1) -> None:
         super().count(name, n)
@@ -142,7 +149,7 @@ class LaunchDarklyWebhookSource(Source):
         except OSError as exc:
             await self._runner.cleanup()
             raise StartError(f"cannot listen on {conf.bind}:{conf.port}: {exc.strerror or exc}") from exc
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         if conf.reorder_window:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_held())
         scheme = "https" if tls else "http"
@@ -216,6 +223,13 @@ class LaunchDarklyWebhookSource(Source):
     async def _admit(self, entry: dict) -> None:
         await self.emitter.emit(self.conf.tag, [(entry["date"] * 1_000_000, enrich(entry))])
         await self.seen.add(entry["_id"])  # only once stored: a failed admit can be retried
+        if self.seen.forgotten and not self._warned_forgotten:
+            self._warned_forgotten = True
+            self.log.warning(
+                "More than %d entry ids within dedup_window: the oldest are forgotten, so a replay "
+                "of one of them would be forwarded again. Set state_path to remember them all.",
+                MAX_IDS_IN_MEMORY,
+            )
 
     async def _emit_held(self, held: tuple[int, int, dict, asyncio.Future]) -> None:
         _, _, entry, future = held
@@ -297,14 +311,23 @@ def enrich(entry: dict) -> dict[str, Any]:
 
 
 class SeenIds:
-    """Entry ids seen within the dedup window: SQLite (fsynced) when a path is set, else memory."""
+    """Entry ids seen within the dedup window: SQLite (fsynced) when a path is set, else memory (at
+    most MAX_IDS_IN_MEMORY, the oldest forgotten first)."""
+
+    # Run at every add: the index on ``at`` (seen_at) makes it a range search, not a table scan.
+    PRUNE = "DELETE FROM seen WHERE at < ?"
 
     def __init__(self, path: str | None, window: float) -> None:
         self.path = path
         self.window = window
-        self._memory: dict[str, float] = {}
+        self._memory: OrderedDict[str, float] = OrderedDict()  # id -> when added, oldest first
+        self.forgotten = 0  # ids dropped from memory while still within the window
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        """The ids held in memory (none with a path: those are on disk)."""
+        return len(self._memory)
 
     async def open(self) -> None:
         if self.path is not None:
@@ -314,6 +337,8 @@ class SeenIds:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+                # Also added to a store whose table lacks it.
+                conn.execute("CREATE INDEX IF NOT EXISTS seen_at ON seen (at)")
                 return conn
             try:
                 self._conn = await asyncio.to_thread(connect)
@@ -337,15 +362,26 @@ class SeenIds:
     async def add(self, entry_id: str) -> None:
         now = time.time()
         if self._conn is None:
-            self._memory[entry_id] = now
-            if len(self._memory) > 100_000:  # bounded: forget what is past the window
-                cutoff = now - self.window
-                self._memory = {k: v for k, v in self._memory.items() if v >= cutoff}
+            self._remember(entry_id, now)
             return
 
         def write() -> None:
             self._conn.execute("INSERT OR REPLACE INTO seen (id, at) VALUES (?, ?)", (entry_id, now))
-            self._conn.execute("DELETE FROM seen WHERE at < ?", (now - self.window,))
+            self._conn.execute(self.PRUNE, (now - self.window,))
 
         async with self._lock:
             await asyncio.to_thread(write)
+
+    def _remember(self, entry_id: str, now: float) -> None:
+        memory = self._memory
+        memory[entry_id] = now
+        memory.move_to_end(entry_id)
+        cutoff = now - self.window
+        while memory:
+            at = next(iter(memory.values()))
+            if at >= cutoff and len(memory) <= MAX_IDS_IN_MEMORY:
+                break
+            memory.popitem(last=False)
+            if at >= cutoff:
+                # LOSSY: an id still within the window is forgotten; a replay of it is forwarded.
+                self.forgotten += 1
