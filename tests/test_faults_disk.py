@@ -28,6 +28,8 @@ SOURCES = """
   port 0
 </source>
 """
+HELD_END = 1050  # records 50..1049: ~250 KB of events, several pages
+TOTAL = 1060
 
 
 def test_a_full_disk_holds_requests_unacked_and_recovers(tmp_path, caplog):
@@ -48,11 +50,12 @@ def test_a_full_disk_holds_requests_unacked_and_recovers(tmp_path, caplog):
                 first.send(forward_request("signal.web", [order(n) for n in range(50)], chunk="before"))
                 assert await asyncio.to_thread(first.reply) == {"ack": "before"}
 
-            # The disk is full: the database may not grow by a single page.
+            # The disk is full: the database may not grow by a single page. The held request is
+            # larger than a page (64 KiB), so it cannot fit in room left in the pages there are.
             pages = await out.store._call(lambda c, s: c.execute("PRAGMA page_count").fetchone()[0])
             await out.store._call(lambda c, s: c.execute(f"PRAGMA max_page_count = {pages}"))
             held = RawClient(port, timeout=1.5)
-            held.send(forward_request("signal.web", [order(n) for n in range(50, 250)], chunk="held"))
+            held.send(forward_request("signal.web", [order(n) for n in range(50, HELD_END)], chunk="held"))
             try:
                 await asyncio.to_thread(held.reply)
                 raise AssertionError("acknowledged while nothing could be stored")
@@ -61,7 +64,7 @@ def test_a_full_disk_holds_requests_unacked_and_recovers(tmp_path, caplog):
             status, body = await readyz(node)
             assert status == 503 and "store is not writable" in body["problems"][0]
             with RawClient(port, timeout=1) as other:  # the node keeps accepting connections
-                other.send(forward_request("signal.web", [order(n) for n in range(250, 260)], chunk="other"))
+                other.send(forward_request("signal.web", [order(n) for n in range(HELD_END, TOTAL)], chunk="other"))
 
                 # Room again: the held requests are stored and acknowledged without being resent.
                 await out.store._call(lambda c, s: c.execute("PRAGMA max_page_count = 1073741823"))
@@ -70,12 +73,12 @@ def test_a_full_disk_holds_requests_unacked_and_recovers(tmp_path, caplog):
                 assert await asyncio.to_thread(held.reply) == {"ack": "held"}
                 assert await asyncio.to_thread(other.reply) == {"ack": "other"}
             held.close()
-            await until(lambda: out.store.pending_events == 260)
+            await until(lambda: out.store.pending_events == TOTAL)
             status, _ = await readyz(node)
             assert status == 200
             ld.faults.clear()
-            await until(lambda: len(ld.events) == 260, timeout=20)
-            assert sorted(int(e["data"]["order_id"][2:]) for e in ld.events) == list(range(260))
+            await until(lambda: len(ld.events) == TOTAL, timeout=20)
+            assert sorted(int(e["data"]["order_id"][2:]) for e in ld.events) == list(range(TOTAL))
 
     asyncio.run(scenario())
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
