@@ -293,37 +293,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _stores(args: argparse.Namespace):
-    """The stores of the config's LaunchDarkly outputs (or the one with --id): (id, path)."""
-    import glob
-    import os
-
+    """The file stores of the config's durable outputs (or the one with --id): (output's config,
+    store path), one per output and worker."""
     from fluent_ld.config.errors import ConfigError, Where
     from fluent_ld.config.loader import load
+    from fluent_ld.outputs.durable import DurableOutput
+    from fluent_ld.registry import plugin_class
+    from fluent_ld.store import worker_files
 
     config = load(args.config)
     found = []
     for pc in config.matches:
-        if pc.type_name != "launchdarkly" or (args.id and pc.id != args.id):
+        if not issubclass(plugin_class("output", pc.type_name), DurableOutput) or (args.id and pc.id != args.id):
             continue
         buffer = pc.conf.buffer
         if buffer["@type"] != "file":
             continue
-        # One store per worker that ever ran (a node run with more workers before keeps theirs).
-        paths = sorted(glob.glob(os.path.join(glob.escape(buffer.path), f"{glob.escape(pc.id)}-worker*.sqlite3")))
-        for path in paths or [os.path.join(buffer.path, f"{pc.id}-worker0.sqlite3")]:
-            worker = path.rsplit("-worker", 1)[1].split(".", 1)[0]
-            if args.worker is None or worker == str(args.worker):
-                found.append((pc.id, path))
+        for worker, path in worker_files(buffer.path, pc.id):
+            if args.worker is None or worker == args.worker:
+                found.append((pc, path))
     if not found:
         which = f" with @id {args.id}" if args.id else ""
-        raise ConfigErrors([ConfigError(Where(args.config, 0), f"no LaunchDarkly output{which} with a file buffer")])
-    return config, found
+        raise ConfigErrors([ConfigError(Where(args.config, 0), f"no output{which} with a file buffer")])
+    return found
 
 
-async def _with_store(path: str, fn):
+async def _with_store(path: str, fn, **options):
+    """``fn(store)`` on the store at ``path``, opened with ``options`` (see Store) and closed."""
     from fluent_ld.store import Store
 
-    store = Store(path)
+    store = Store(path, **options)
     await store.open()
     try:
         return await fn(store)
@@ -335,26 +334,32 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from fluent_ld.store import StoreError
+
     try:
-        _, stores = _stores(args)
+        stores = _stores(args)
     except ConfigErrors as exc:
         _print_errors(exc)
         return EXIT_FAILED
-    for plugin_id, path in stores:
-        status = asyncio.run(_with_store(path, lambda s: s.status()))
+    for pc, path in stores:
+        try:  # read-only: works beside the running node
+            status = asyncio.run(_with_store(path, lambda s: s.status(), readonly=True))
+        except StoreError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_FAILED
         oldest = status.pop("oldest_event_ms")
         status["oldest_event_age_s"] = round(time.time() - oldest / 1000, 1) if oldest else None
-        print(json.dumps({"output": plugin_id, "store": path, **status}))
+        print(json.dumps({"output": pc.id, "type": pc.type_name, "store": path, **status}))
     return EXIT_OK
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
     import json
 
-    from fluent_ld.mapping_config import build_mapper
+    from fluent_ld.store import StoreError, StoreInUseError
 
     try:
-        config, stores = _stores(args)
+        stores = _stores(args)
     except ConfigErrors as exc:
         _print_errors(exc)
         return EXIT_FAILED
@@ -366,29 +371,54 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    for plugin_id, path in stores:
-        if len(stores) > 1 and args.action == "list":
-            print(f"# {plugin_id}: {path}")
-        if args.action in ("list", "show"):
-            letters = asyncio.run(_with_store(path, lambda s: s.dead_letters(args.limit, ids)))
-            for letter in letters:
-                if args.action == "list":
-                    print(f"{letter['id']}\t{letter['kind']}\t{letter['status'] or '-'}\t{letter['reason']}")
-                else:
-                    shown = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in letter.items()}
-                    print(json.dumps({"output": plugin_id, **shown}, indent=2))
-        elif args.action == "purge":
-            if ids is None and not args.all:
-                print("purge needs dead-letter ids or --all", file=sys.stderr)
-                return EXIT_FAILED
-            removed = asyncio.run(_with_store(path, lambda s: s.purge_dead_letters(ids)))
-            print(f"{plugin_id}: purged {removed} dead letter(s)")
-        else:  # replay
-            conf = next(pc.conf for pc in config.matches if pc.id == plugin_id)
-            mapper = build_mapper(conf)
-            replayed, kept = asyncio.run(_with_store(path, lambda s: s.replay(mapper, ids)))
-            print(f"{plugin_id}: replayed {replayed} dead letter(s); {kept} still rejected and kept")
+    if args.action == "purge" and ids is None and not args.all:
+        print("purge needs dead-letter ids or --all", file=sys.stderr)
+        return EXIT_FAILED
+    for pc, path in stores:
+        try:
+            if args.action in ("list", "show"):
+                if len(stores) > 1 and args.action == "list":
+                    print(f"# {pc.id}: {path}")
+                # Read-only: works beside the running node.
+                letters = asyncio.run(_with_store(path, lambda s: s.dead_letters(args.limit, ids), readonly=True))
+                for letter in letters:
+                    if args.action == "list":
+                        print(f"{letter['id']}\t{letter['kind']}\t{letter['status'] or '-'}\t{letter['reason']}")
+                    else:
+                        shown = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in letter.items()}
+                        print(json.dumps({"output": pc.id, **shown}, indent=2))
+            elif args.action == "purge":
+                removed = asyncio.run(_with_store(path, lambda s: s.purge_dead_letters(ids)))
+                print(f"{pc.id}: purged {removed} dead letter(s)")
+            else:
+                replayed, kept = _replay(pc, path, ids)
+                print(f"{pc.id}: replayed {replayed} dead letter(s); {kept} still rejected and kept")
+        except StoreInUseError as exc:
+            # The node keeps the store's counters in memory (backpressure reads them): changing
+            # the file under it would leave them wrong.
+            print(f"{exc}: stop it first, then run dlq {args.action} again (buffer status, dlq list and dlq show work beside it)", file=sys.stderr)
+            return EXIT_FAILED
+        except StoreError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
+
+
+def _replay(pc, path: str, ids: list[int] | None) -> tuple[int, int]:
+    """Replay a store's dead letters the way its output stores events: through the mapping of a
+    LaunchDarkly output, as they were for the others (forward). Returns (replayed, kept)."""
+    from fluent_ld.mapping_config import build_mapper
+    from fluent_ld.outputs.durable import DurableOutput
+    from fluent_ld.registry import plugin_class
+    from fluent_ld.replay import replay
+
+    output = plugin_class("output", pc.type_name)
+    assert issubclass(output, DurableOutput)  # _stores finds only those
+    mapper = build_mapper(pc.conf) if pc.type_name == "launchdarkly" else None
+    return asyncio.run(_with_store(
+        path, lambda s: replay(s, ids, mapper, output.keeps_tags),
+        separator=output.separator, framing=output.framing, kind=pc.type_name,
+    ))
 
 
 BACKFILL_WARNING = (
@@ -492,14 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=_cmd_send)
 
-    buffer = sub.add_parser("buffer", help="the stores of the LaunchDarkly outputs")
+    buffer = sub.add_parser("buffer", help="the stores of the durable outputs (launchdarkly, forward)")
     buffer.add_argument("action", choices=["status"])
     buffer.add_argument("-c", "--config", required=True, metavar="FILE")
     buffer.add_argument("--id", metavar="ID", help="only the output with this @id")
     buffer.add_argument("--worker", type=int, metavar="N", help="only worker N's store (<system> workers)")
     buffer.set_defaults(func=_cmd_buffer)
 
-    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay (through the current mapping) or purge")
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead letters: list, show, replay (launchdarkly: through the current mapping; forward: as stored) or purge; "
+        "replay and purge need the node stopped",
+    )
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
     dlq.add_argument("-c", "--config", required=True, metavar="FILE")

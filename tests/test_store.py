@@ -188,9 +188,9 @@ def test_batches_refer_to_rows_that_go_once_every_batch_is_done(tmp_path):
             pass
         batches = await store.due_batches(time.time(), 1000)
         assert b",".join(b.data for b in batches) == b",".join(frags)
-        from fluent_ld.store import _unpack_segments
+        from fluent_ld.store.batches import unpack_segments
 
-        assert any(start > 0 for b in batches for _, start, _ in _unpack_segments(b.segments))  # rows shared
+        assert any(start > 0 for b in batches for _, start, _ in unpack_segments(b.segments))  # rows shared
         assert store.pending_events == 100 and rows(path, "pending") == 4
         before = {b.payload_id: b.body for b in batches}
         await store.close()

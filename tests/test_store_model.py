@@ -5,7 +5,8 @@ The rules: append (rows of events of random sizes, sometimes with dead letters),
 small random limits (so batches end inside rows; eagerly, or with a long linger, when only a full
 batch may be cut), take due batches and deliver, fail (retry now or later), split or bury
 ("rejected", "expired", "schema") one of them, restart (close, and open a new ``Store`` on the same
-file), and the dead-letter list, purge and replay (through a small stand-in mapper). The clock
+file), and the dead-letter list, purge and replay (LaunchDarkly: through a small stand-in mapper;
+forward: the stored entries as they were, under their tags). The clock
 the batches are due by moves when batches are taken, as the output's loop waits for them. One machine uses the LaunchDarkly form (fragments joined by "," in "[...]"), another the
 forward form (no separator, no framing, batches by tag).
 
@@ -44,9 +45,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import fluent_ld.store
+import fluent_ld.store.writer
 from fluent_ld.encode import unpack_lengths
-from fluent_ld.store import MAX_BATCHES_PER_CUT, DeadLetter, Store, _unpack_segments
+from fluent_ld.replay import replay
+from fluent_ld.store import MAX_BATCHES_PER_CUT, DeadLetter, Store
+from fluent_ld.store.batches import unpack_segments
 
 LONG = os.environ.get("FLUENT_LD_LONG") == "1"
 
@@ -75,7 +78,7 @@ MACHINE_TIMEOUT = pytest.mark.timeout(0 if LONG else 600)
 def no_group_wait(monkeypatch):
     """Each operation commits at once instead of waiting a few milliseconds for others to share
     its commit: the steps run one at a time anyway, and four times as many fit in the time."""
-    monkeypatch.setattr(fluent_ld.store, "GROUP_COMMIT_WINDOW", 0.0)
+    monkeypatch.setattr(fluent_ld.store.writer, "GROUP_COMMIT_WINDOW", 0.0)
 
 
 @dataclass
@@ -151,7 +154,7 @@ class StoreMachine(RuleBasedStateMachine):
     SEPARATOR = b","
     FRAMING = 2
     TAGS: tuple[str | None, ...] = (None,)
-    REPLAY = True
+    MAPS = True  # replay maps records (LaunchDarkly); otherwise stored entries go back as they were
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,6 +254,11 @@ class StoreMachine(RuleBasedStateMachine):
         row = Row(db_id, tag, frags, oldest_ms)
         self.rows.append(row)
         return row
+
+    def learn_rows(self, runs: list[tuple[str | None, list[bytes]]], oldest_ms: int) -> None:
+        """Rows just added one after another: they hold the highest ids, in order."""
+        ids = [i for (i,) in self.sql("SELECT id FROM pending ORDER BY id DESC LIMIT ?", (len(runs),))][::-1]
+        self.rows.extend(Row(db_id, tag, frags, oldest_ms) for db_id, (tag, frags) in zip(ids, runs))
 
     def take(self, data, at_least: int = 1):
         """Due batches as the output reads them (a random limit and a few ids in flight), one of
@@ -435,13 +443,13 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), action=st.sampled_from(["add", "purge", "replay", "read"]))
     def dead_letter_tools(self, data, action):
-        """The dead-letter store: add, purge, replay (LaunchDarkly form only) or read some."""
+        """The dead-letter store: add, purge, replay or read some."""
         if action == "add":
             dead = data.draw(st.lists(st.tuples(st.sampled_from(["invalid", "too_large"]), st.booleans(), st.booleans()), min_size=1, max_size=3))
             self.add_dead_letters(dead)
         elif action == "purge":
             self.purge(data)
-        elif action == "replay" and self.REPLAY:
+        elif action == "replay":
             self.replay(data)
         else:
             self.read_some_dead_letters(data)
@@ -471,7 +479,7 @@ class StoreMachine(RuleBasedStateMachine):
         for letter in self.letters:
             if ids is not None and letter.db_id not in ids:
                 continue
-            if letter.record is not None:
+            if letter.record is not None and self.MAPS:
                 record = json.loads(letter.record)
                 if record["rescue"]:
                     frags.append(replayed_fragment(record["seq"]))
@@ -486,7 +494,8 @@ class StoreMachine(RuleBasedStateMachine):
             else:
                 kept += 1
         before_ms = time.time_ns() // 1_000_000
-        assert self.run(self.store.replay(Mapper(), ids)) == (len(done), kept)
+        mapper = Mapper() if self.MAPS else None
+        assert self.run(replay(self.store, ids, mapper, keep_tags=not self.MAPS)) == (len(done), kept)
         after_ms = time.time_ns() // 1_000_000
         self.letters = [l for l in self.letters if all(l is not d for d in done)]
         if frags:
@@ -495,7 +504,15 @@ class StoreMachine(RuleBasedStateMachine):
             else:  # only sent events: as old as the replay
                 ((oldest_ms,),) = self.sql("SELECT oldest_ms FROM pending WHERE id = (SELECT MAX(id) FROM pending)")
                 assert before_ms <= oldest_ms <= after_ms
-            self.learn_row(frags, None, oldest_ms)
+            # One row per run of one tag (LaunchDarkly: no tags, one row).
+            runs: list[tuple[str | None, list[bytes]]] = []
+            for letter, frag in zip(done, frags, strict=True):
+                tag = None if self.MAPS else letter.tag
+                if runs and runs[-1][0] == tag:
+                    runs[-1][1].append(frag)
+                else:
+                    runs.append((tag, [frag]))
+            self.learn_rows(runs, oldest_ms)
             self.live.update(frags)
 
     def read_some_dead_letters(self, data):
@@ -551,7 +568,7 @@ class StoreMachine(RuleBasedStateMachine):
                 assert b.body == b"[" + b",".join(m.frags) + b"]"
             size = len(b.body) if self.FRAMING else len(b.data)
             assert size <= m.max_body and b.count <= m.max_records
-            assert _unpack_segments(b.segments) == [(self.rows[r].db_id, s, e) for r, s, e in m.segments()]
+            assert unpack_segments(b.segments) == [(self.rows[r].db_id, s, e) for r, s, e in m.segments()]
         seen = {b.payload_id for b in batches}
         assert all(p in seen or p in self.gone for p in self.bodies)
 
@@ -610,12 +627,13 @@ class LaunchDarklyStoreMachine(StoreMachine):
 
 
 class ForwardStoreMachine(StoreMachine):
-    """msgpack entries back to back, no framing; batches by tag; no replay (LaunchDarkly only)."""
+    """msgpack entries back to back, no framing; batches by tag; replay puts entries back as they
+    were, under their tags."""
 
     SEPARATOR = b""
     FRAMING = 0
     TAGS = ("a", "b")
-    REPLAY = False
+    MAPS = False
 
 
 TestLaunchDarklyStoreModel = LaunchDarklyStoreMachine.TestCase

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Enum, Integer, Param, Section, Size, String, Time
 from fluent_ld.encode import LD_BODY_LIMIT
 from fluent_ld.plugin import BufferFullError, StartError
-from fluent_ld.store import Store, StoreError
+from fluent_ld.store import Store, StoreError, store_file
 
 __all__ = ["BUFFER", "STORE_RETRY_INTERVAL", "Room", "StoreHealth", "open_store", "refresh_store_metrics", "store_for", "watermarks"]
 
@@ -44,12 +43,12 @@ def watermarks(buffer) -> tuple[int, int]:
     return high, low
 
 
-def store_for(buffer, plugin_id: str, worker: int, separator: bytes = b",", framing: int = 2) -> Store:
-    """The store of one output in one worker: a file under ``<buffer> path``, or memory."""
-    path = None
-    if buffer["@type"] == "file":
-        path = os.path.join(buffer.path, f"{plugin_id}-worker{worker}.sqlite3")
-    return Store(path, separator, framing)
+def store_for(buffer, plugin_id: str, worker: int, separator: bytes = b",", framing: int = 2, *, kind: str | None = None) -> Store:
+    """The store of one output in one worker: a file under ``<buffer> path``, or memory.
+    ``kind``: the output's type, recorded in a new store and checked against an existing one's
+    (opening a store that holds another type's events fails); None checks nothing."""
+    path = store_file(buffer.path, plugin_id, worker) if buffer["@type"] == "file" else None
+    return Store(path, separator, framing, kind=kind)
 
 
 async def open_store(store: Store, plugin_id: str) -> None:
