@@ -33,8 +33,6 @@ _REGISTERED: dict[str, dict[str, type[Plugin]]] = {"source": {}, "output": {}}
 
 def register(cls: type[Plugin]) -> type[Plugin]:
     """Class decorator: make a plugin type that is not built in available under its ``type_name``."""
-    if BUILTIN[cls.kind].get(cls.type_name) == f"{cls.__module__}:{cls.__qualname__}":
-        return cls  # TEMP: until the last built-in loses its decorator
     if cls.type_name in BUILTIN[cls.kind]:
         raise ValueError(f"{cls.kind} type {cls.type_name!r} is built in")
     kinds = _REGISTERED[cls.kind]

@@ -29,7 +29,6 @@ from fluent_ld.config.params import (
 from fluent_ld.forward.codec import DecoderLimits
 from fluent_ld.forward.handshake import Client, Security, User
 from fluent_ld.plugin import Source, StartError
-from fluent_ld.registry import register
 from fluent_ld.sources.forward_connection import ConnectionSettings, ForwardConnection
 
 TRANSPORT = Section(
@@ -85,7 +84,6 @@ SECURITY = Section(
 )
 
 
-@register
 class ForwardSource(Source):
     type_name = "forward"
     summary = "Receives records over the Fluent forward protocol (Fluent Bit, Fluentd, forward clients)."

@@ -31,7 +31,6 @@ from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Arg, Bool, Enum, Integer, JSONValue, Param, Section, Size, String, Time
 from fluent_ld.plugin import BufferFullError, Source, StartError
 from fluent_ld.policy import PolicyError, compile_policy
-from fluent_ld.registry import register
 
 TRANSPORT = Section(
     "transport",
@@ -56,7 +55,6 @@ MAX_IDS_IN_MEMORY = 100_000
 _OUTCOMES = {"duplicates": "duplicate", "admit_failures": "admit_failure"}
 
 
-@register
 class LaunchDarklyWebhookSource(Source):
     type_name = "launchdarkly_webhook"
     served_once = True  # one HTTP port; with workers, worker 0 serves it
