@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fluent_ld import __version__
 from fluent_ld.config.errors import ConfigErrors
@@ -31,7 +32,7 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import orjson
 
-        line = {
+        line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -115,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config.system.workers > 1:
         from fluent_ld.supervisor import Supervisor
 
-        process = Supervisor(path, config, args.log_level)
+        process: Supervisor | Runner = Supervisor(path, config, args.log_level)
     else:
         from fluent_ld.runner import Runner
 
@@ -232,6 +233,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
         for number, line in enumerate(stream, 1):
             if not line.strip():
                 continue
+            result: dict[str, Any] | Rejection
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:

@@ -138,10 +138,15 @@ def _hand_over_memory_stores(old: Node, new: Node, stores: dict | None = None) -
     handed = {}
     for pc, out in new.outputs:
         store = stores.get(pc.id)
-        if store is not None and isinstance(out, DurableOutput) and out.store.path is None:
+        if store is not None and isinstance(out, DurableOutput) and out.store.path is None and store.kind == out.store.kind:
             out.store = store
             out.keep_store_open = True  # until it has started: a failed start must not close it
             handed[pc.id] = store
+        elif store is not None and isinstance(out, DurableOutput) and out.store.path is None:
+            log.warning(
+                "Output %s changes from @type %s to %s: the %d events in its memory buffer are not handed over (another format) and are lost.",
+                pc.id, store.kind, out.store.kind, store.pending_events,
+            )
     for pc, out in old.outputs:
         if pc.id in handed:
             out.keep_store_open = True

@@ -164,3 +164,26 @@ def test_the_user_agent_is_a_parameter_with_the_documented_default(tmp_path):
             assert ld.requests[0].headers["User-Agent"] == "MetricImport-Datafly-int/1.0"
 
     asyncio.run(scenario())
+
+
+def test_an_output_that_changes_type_refuses_the_store_the_old_type_wrote(tmp_path):
+    """A config that keeps an @id but changes @type (a reload, a restart) must not hand the old
+    output's stored events (JSON fragments) to an output that writes msgpack."""
+    from fluent_ld.plugin import StartError
+
+    async def scenario():
+        async with ld_node(tmp_path, extra="@id keep", buffer="flush_interval 1h") as (node, out, ld):
+            await node.emit("signal.web", [(T, order(1))])
+            assert out.store.pending_events == 1
+        text = (
+            "<match **>\n  @type forward\n  @id keep\n  <server>\n    host 127.0.0.1\n    port 9\n  </server>\n"
+            f"  <buffer>\n    path {tmp_path}\n  </buffer>\n</match>\n"
+        )
+        node = Node(load_text(text, "new.conf"))
+        with pytest.raises(StartError) as caught:
+            await node.start()
+        assert "holds launchdarkly events" in str(caught.value) and "forward" in str(caught.value)
+        async with ld_node(tmp_path, extra="@id keep") as (node, out, ld):  # the old type still opens it
+            await until(lambda: len(ld.events) == 1)
+
+    asyncio.run(scenario())

@@ -67,7 +67,7 @@ class DurableOutput(Output):
     def __init__(self, conf: Conf, plugin_id: str, worker: int = 0) -> None:
         super().__init__(conf, plugin_id, worker)
         buffer = conf.buffer
-        self.store = store_for(buffer, plugin_id, worker, separator=self.separator, framing=self.framing)
+        self.store = store_for(buffer, plugin_id, worker, separator=self.separator, framing=self.framing, kind=self.type_name)
         self.policy = RetryPolicy(buffer.retry_wait, buffer.retry_max_interval, buffer.retry_timeout, buffer.retry_randomize)
         self.high, self.low = watermarks(buffer)
         self.concurrency = 1  # batches in flight at once
@@ -103,7 +103,12 @@ class DurableOutput(Output):
 
     async def start(self) -> None:
         await open_store(self.store, self.id)
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            if not self.keep_store_open:
+                await self.store.close()  # its writer thread and its lock
+            raise
         metrics.AUTH_ERROR.labels(self.id).set(0)
         self._update_room()
         self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"drain:{self.id}")
