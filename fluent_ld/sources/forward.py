@@ -281,6 +281,7 @@ class ForwardSource(Source):
         loop = asyncio.get_running_loop()
         clients = []
         for client in sec.client:
+            networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
             if client.network:
                 networks = (ipaddress.ip_network(client.network, strict=False),)
             else:

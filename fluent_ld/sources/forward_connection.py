@@ -149,7 +149,7 @@ class ForwardConnection(asyncio.Protocol):
         settings = self.settings = listener.settings
         self.state = State.HANDSHAKE if settings.security is not None else State.OPEN
         self.pause_reasons: set[Pause] = set()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made, before any use
         self.peer = "unknown"
         self.peer_address = ""
         self.hostname: str | None = None
@@ -168,7 +168,8 @@ class ForwardConnection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a stream: TCP, TLS or a Unix socket
+        self.transport = transport
         # Resolved by connection_lost: drain_and_close waits on it for the last acks to be flushed.
         self.lost_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         peer = transport.get_extra_info("peername")
@@ -362,7 +363,7 @@ class ForwardConnection(asyncio.Protocol):
             if settings.source_hostname_key:
                 extra[settings.source_hostname_key] = await self._peer_hostname()
         emitter = listener.emitter
-        if type(frame) is Request:
+        if isinstance(frame, Request):
             if extra:
                 for _, record in frame.entries:
                     record.update(extra)

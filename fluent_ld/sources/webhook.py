@@ -328,10 +328,11 @@ class SeenIds:
         return len(self._memory)
 
     async def open(self) -> None:
-        if self.path is not None:
+        path = self.path
+        if path is not None:
             def connect() -> sqlite3.Connection:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at REAL NOT NULL)")
@@ -353,8 +354,9 @@ class SeenIds:
         if self._conn is None:
             at = self._memory.get(entry_id)
             return at is not None and at >= cutoff
+        conn = self._conn
         async with self._lock:
-            row = await asyncio.to_thread(lambda: self._conn.execute("SELECT at FROM seen WHERE id = ?", (entry_id,)).fetchone())
+            row = await asyncio.to_thread(lambda: conn.execute("SELECT at FROM seen WHERE id = ?", (entry_id,)).fetchone())
         return row is not None and row[0] >= cutoff
 
     async def add(self, entry_id: str) -> None:
@@ -363,9 +365,11 @@ class SeenIds:
             self._remember(entry_id, now)
             return
 
+        conn = self._conn
+
         def write() -> None:
-            self._conn.execute("INSERT OR REPLACE INTO seen (id, at) VALUES (?, ?)", (entry_id, now))
-            self._conn.execute(self.PRUNE, (now - self.window,))
+            conn.execute("INSERT OR REPLACE INTO seen (id, at) VALUES (?, ?)", (entry_id, now))
+            conn.execute(self.PRUNE, (now - self.window,))
 
         async with self._lock:
             await asyncio.to_thread(write)
