@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report as results  # noqa: E402
 
 from fluent_ld.encode import gzip_body  # noqa: E402
-from fluent_ld.mapping import Mapper  # noqa: E402
-from fluent_ld.preset_loader import load_preset  # noqa: E402
+from fluent_ld.launchdarkly.mapping import Mapper  # noqa: E402
+from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
 from fluent_ld.store import Store  # noqa: E402
 
 MAX_BODY = 9 * 1024 * 1024  # the <buffer> default chunk_limit_size

@@ -251,8 +251,8 @@ if __name__ == "__main__":  # a look at the corpus: sizes and what the Default p
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from fluent_ld.mapping import Mapper
-    from fluent_ld.preset_loader import load_preset
+    from fluent_ld.launchdarkly.mapping import Mapper
+    from fluent_ld.launchdarkly.preset.loader import load_preset
 
     mapper = Mapper(load_preset("default"))
     recs = realistic(10_000)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fluent_ld.config.loader import load_text  # noqa: E402
 from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time  # noqa: E402
-from fluent_ld.node import Node  # noqa: E402
+from fluent_ld.pipeline.node import Node  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report as results  # noqa: E402

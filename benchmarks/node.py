@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forward import client_process  # noqa: E402
 
 from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time  # noqa: E402
-from fluent_ld.ldserver import Fault, LaunchDarklyServer  # noqa: E402
-from fluent_ld.mapping import Mapper  # noqa: E402
-from fluent_ld.preset_loader import load_preset  # noqa: E402
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer  # noqa: E402
+from fluent_ld.launchdarkly.mapping import Mapper  # noqa: E402
+from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
 
 PER_REQUEST = 500
 # Client connections per run: SO_REUSEPORT spreads connections over workers by their addresses, so a

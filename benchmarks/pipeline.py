@@ -22,8 +22,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fluent_ld.mapping import Mapper, Rejection  # noqa: E402
-from fluent_ld.preset_loader import load_preset  # noqa: E402
+from fluent_ld.launchdarkly.mapping import Mapper, Rejection  # noqa: E402
+from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report as results  # noqa: E402

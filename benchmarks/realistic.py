@@ -69,8 +69,8 @@ from node import TOKEN, ServerThread, proc_stats  # noqa: E402
 from node import chunk as slim_chunk  # noqa: E402
 
 from fluent_ld.forward.codec import EventTime  # noqa: E402
-from fluent_ld.mapping import Mapper  # noqa: E402
-from fluent_ld.preset_loader import load_preset  # noqa: E402
+from fluent_ld.launchdarkly.mapping import Mapper  # noqa: E402
+from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
 
 FLOOR_FIGURE = "one process, same bytes: streamed msgpack decode, time checks, map_encoded, one join per request"
 FRAMING_NAMES = {

@@ -83,7 +83,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_docs(args: argparse.Namespace) -> int:
-    from fluent_ld.docs import render_reference
+    from fluent_ld.config.docs import render_reference
     from fluent_ld.registry import catalogue
 
     text = render_reference(catalogue())
@@ -97,7 +97,7 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fluent_ld.config.loader import load
-    from fluent_ld.demo import DEFAULT_CONFIG
+    from fluent_ld.dev.demo import DEFAULT_CONFIG
 
     try:
         config = load(args.config or DEFAULT_CONFIG)
@@ -114,11 +114,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or config.system.log_level, config.system.log_format)
     path = args.config or DEFAULT_CONFIG
     if config.system.workers > 1:
-        from fluent_ld.supervisor import Supervisor
+        from fluent_ld.service.supervisor import Supervisor
 
         process: Supervisor | Runner = Supervisor(path, config, args.log_level)
     else:
-        from fluent_ld.runner import Runner
+        from fluent_ld.service.runner import Runner
 
         process = Runner(path, config)
     try:
@@ -134,7 +134,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
     from fluent_ld.config.loader import load
-    from fluent_ld.runner import Runner
+    from fluent_ld.service.runner import Runner
 
     try:
         config = load(args.config)
@@ -161,7 +161,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _serve(process, lifeline=None) -> None:
-    """Run a :class:`~fluent_ld.runner.Runner` or :class:`~fluent_ld.supervisor.Supervisor` until
+    """Run a :class:`~fluent_ld.service.runner.Runner` or :class:`~fluent_ld.service.supervisor.Supervisor` until
     SIGINT or SIGTERM; SIGHUP reloads the config."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -197,7 +197,7 @@ def _mapping_conf(args: argparse.Namespace):
     Default preset."""
     from fluent_ld.config.errors import ConfigError, Where
     from fluent_ld.config.loader import read_tree
-    from fluent_ld.mapping_config import mapping_conf, preset_element
+    from fluent_ld.launchdarkly.mapping_config import mapping_conf, preset_element
 
     if args.config:
         root = read_tree(args.config)
@@ -219,8 +219,8 @@ def _cmd_map(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from fluent_ld.mapping import Rejection
-    from fluent_ld.mapping_config import build_mapper
+    from fluent_ld.launchdarkly.mapping import Rejection
+    from fluent_ld.launchdarkly.mapping_config import build_mapper
 
     try:
         mapper = build_mapper(_mapping_conf(args))
@@ -258,8 +258,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from fluent_ld.mapping_config import build_preset
-    from fluent_ld.preset.schema import schemas
+    from fluent_ld.launchdarkly.mapping_config import build_preset
+    from fluent_ld.launchdarkly.preset.schema import schemas
 
     try:
         preset = build_preset(_mapping_conf(args))
@@ -288,7 +288,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fluent_ld.demo import run_demo
+    from fluent_ld.dev.demo import run_demo
 
     _setup_logging("warn")
     return asyncio.run(run_demo(sys.stdout))
@@ -409,7 +409,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 def _replay(pc, path: str, ids: list[int] | None) -> tuple[int, int]:
     """Replay a store's dead letters the way its output stores events: through the mapping of a
     LaunchDarkly output, as they were for the others (forward). Returns (replayed, kept)."""
-    from fluent_ld.mapping_config import build_mapper
+    from fluent_ld.launchdarkly.mapping_config import build_mapper
     from fluent_ld.outputs.durable import DurableOutput
     from fluent_ld.registry import plugin_class
     from fluent_ld.replay import replay

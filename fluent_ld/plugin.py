@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
-from fluent_ld.admission import Admitted, Decoding, Encoded, Encoder
+from fluent_ld.pipeline.admission import Admitted, Decoding, Encoded, Encoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf, Section
 from fluent_ld.forward.codec import Frame

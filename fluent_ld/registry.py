@@ -22,7 +22,7 @@ BUILTIN: Mapping[str, Mapping[str, str]] = {
     },
     "output": {
         "forward": "fluent_ld.outputs.forward:ForwardOutput",
-        "launchdarkly": "fluent_ld.outputs.launchdarkly:LaunchDarklyOutput",
+        "launchdarkly": "fluent_ld.launchdarkly.output:LaunchDarklyOutput",
         "null": "fluent_ld.outputs.null:NullOutput",
         "stdout": "fluent_ld.outputs.stdout:StdoutOutput",
     },

@@ -13,7 +13,7 @@ import msgpack
 
 from fluent_ld.config.loader import load_text
 from fluent_ld.config.params import Section
-from fluent_ld.node import Node
+from fluent_ld.pipeline.node import Node
 from fluent_ld.plugin import BufferFullError, Entries, Output
 from fluent_ld.registry import register
 

@@ -11,8 +11,8 @@ import threading
 import time
 
 from fluent_ld.config.loader import load_text
-from fluent_ld.ldserver import LaunchDarklyServer
-from fluent_ld.node import Node
+from fluent_ld.dev.ldserver import LaunchDarklyServer
+from fluent_ld.pipeline.node import Node
 
 TOKEN = "api-test-token"
 

@@ -205,6 +205,6 @@ def test_json_log_lines(console_script, tmp_path):
         _, rest = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert first["level"] == "info" and first["logger"] == "fluent_ld.node"
+    assert first["level"] == "info" and first["logger"] == "fluent_ld.pipeline.node"
     assert first["message"].startswith("fluent-ld started:")
     assert all(json.loads(line)["message"] for line in rest.splitlines())

@@ -36,7 +36,7 @@ def _modules():
     durable = [cls.section for cls in _plugins() if issubclass(cls, DurableOutput)]
     out[PACKAGE / "outputs" / "durable.py"] = durable
     launchdarkly = [cls.section for cls in _plugins() if cls.type_name == "launchdarkly"]
-    out[PACKAGE / "mapping_config.py"] = launchdarkly
+    out[PACKAGE / "launchdarkly" / "mapping_config.py"] = launchdarkly
     return sorted(out.items())
 
 

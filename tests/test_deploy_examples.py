@@ -21,7 +21,7 @@ import yaml
 from fluent_ld.config.errors import Where
 from fluent_ld.config.params import Size
 from fluent_ld.config.parser import Element, EvalContext, Value, parse
-from fluent_ld.router import MatchPattern
+from fluent_ld.pipeline.router import MatchPattern
 
 from test_cli import EXAMPLE_ENV
 

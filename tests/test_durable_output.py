@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load_text
-from fluent_ld.node import Node
+from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.forward import REPLY_LIMIT
 
 from ld_harness import ld_node, order, until

@@ -11,7 +11,7 @@ import uuid
 
 import aiohttp
 
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from harness import RawClient, forward_request
 from ld_harness import TOKEN, ld_node, order, until
 

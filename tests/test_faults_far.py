@@ -32,9 +32,9 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from fluent_ld.config.loader import load_text
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
-from fluent_ld.node import Node
-from fluent_ld.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.pipeline.node import Node
+from fluent_ld.outputs.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
 
 from ld_harness import TOKEN, order, until
 

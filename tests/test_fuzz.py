@@ -68,7 +68,7 @@ from fluent_ld.config.params import Array, Bool, Enum, Float, Hash, Integer, JSO
 from fluent_ld.config.parser import MAX_INCLUDE_DEPTH, MAX_SECTION_DEPTH, Element, EvalContext, IncludedSource, _Parser, parse
 from fluent_ld.forward.codec import NEED_DATA, Decoder, DecoderLimits, Ping, ProtocolError
 from fluent_ld.forward.handshake import Client, Handshake, Security, User
-from fluent_ld.policy import Decision, Policy, PolicyError, _glob, compile_policy
+from fluent_ld.sources.webhook_policy import Decision, Policy, PolicyError, _glob, compile_policy
 from fluent_ld.registry import catalogue
 from fluent_ld.sources.webhook import MAX_DATE_MS
 

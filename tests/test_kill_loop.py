@@ -20,7 +20,7 @@ import time
 
 import msgpack
 
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config, start_node
 

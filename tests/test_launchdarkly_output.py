@@ -5,7 +5,7 @@ import asyncio
 import json
 
 
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from fluent_ld.plugin import BufferFullError
 
 from ld_harness import TOKEN, ld_node, order, until

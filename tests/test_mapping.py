@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluent_ld.mapping import INVALID, UNMAPPED, Mapper, Rejection
-from fluent_ld.preset import ContextRule, EventRule, PresetError, derive_key, preset_from_dict
-from fluent_ld.preset.schema import schemas
-from fluent_ld.preset_loader import load_preset
+from fluent_ld.launchdarkly.mapping import INVALID, UNMAPPED, Mapper, Rejection
+from fluent_ld.launchdarkly.preset import ContextRule, EventRule, PresetError, derive_key, preset_from_dict
+from fluent_ld.launchdarkly.preset.schema import schemas
+from fluent_ld.launchdarkly.preset.loader import load_preset
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "launchdarkly-metric-import.txt"
 DEFAULT = load_preset("default")

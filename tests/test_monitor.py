@@ -10,7 +10,7 @@ import aiohttp
 from fluent import sender
 from prometheus_client.parser import text_string_to_metric_families
 
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 
 from ld_harness import TOKEN, ld_node, order, until
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from fluent_ld.config.loader import load_text
-from fluent_ld.node import Node
+from fluent_ld.pipeline.node import Node
 from fluent_ld.plugin import StartError
 
 

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from fluent_ld.config.loader import load
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from fluent_ld.plugin import BufferFullError, StartError
-from fluent_ld.runner import Runner
+from fluent_ld.service.runner import Runner
 from fluent_ld.store import Store
 
 from ld_harness import TOKEN, free_port, ld_node, order

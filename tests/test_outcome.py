@@ -1,12 +1,11 @@
 """What each answer to a delivery means, per status, with no server: the pure half of the
-durable outputs (fluent_ld.outputs.outcome)."""
+durable outputs (fluent_ld.outputs.outcome, fluent_ld.launchdarkly.response)."""
 
 import pytest
 
-from fluent_ld.outputs.outcome import (
-    AUTH_FIXES, Bury, Delivered, Pause, Retry, Split, expired, launchdarkly_outcome, transport_failure,
-)
-from fluent_ld.retry import MAX_RETRY_AFTER, RetryPolicy
+from fluent_ld.launchdarkly.response import AUTH_FIXES, launchdarkly_outcome
+from fluent_ld.outputs.outcome import Bury, Delivered, Pause, Retry, Split, expired, transport_failure
+from fluent_ld.outputs.retry import MAX_RETRY_AFTER, RetryPolicy
 
 POLICY = RetryPolicy(retry_wait=1.0, retry_max_interval=300.0, retry_timeout=3600.0, retry_randomize=False)
 NOW = 1_800_000_000.0

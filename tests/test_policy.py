@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluent_ld.policy import Policy, PolicyError, compile_policy, parse_specifier
+from fluent_ld.sources.webhook_policy import Policy, PolicyError, compile_policy, parse_specifier
 
 PROD_FLAG = "proj/default:env/production:flag/new-checkout"
 TEST_FLAG = "proj/default:env/test:flag/new-checkout"

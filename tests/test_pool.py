@@ -11,9 +11,9 @@ import signal
 import msgpack
 
 from fluent_ld import metrics
-from fluent_ld import pool as pool_module
+from fluent_ld.pipeline import pool as pool_module
 from fluent_ld.forward.codec import encode_event_time
-from fluent_ld.node import POOL_MIN_BYTES
+from fluent_ld.pipeline.node import POOL_MIN_BYTES
 
 from ld_harness import ld_node, order, until
 

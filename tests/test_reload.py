@@ -8,7 +8,7 @@ import textwrap
 
 from fluent import sender
 
-from fluent_ld.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 
 from ld_harness import TOKEN, ServerThread, free_port
 from process_harness import NodeProcess, get_json, until
@@ -123,7 +123,7 @@ def test_sighup_reloads_every_worker_in_turn(console_script, tmp_path):
             write_config(conf, ld.url, forward, tmp_path / "store", workers=2, compress="gzip", extra=extra)
             node.signal(signal.SIGHUP)
             node.wait_for_log("Reloaded 2 workers")
-            assert "[worker 0] fluent_ld.runner: Reloaded" in node.log and "[worker 1] fluent_ld.runner: Reloaded" in node.log
+            assert "[worker 0] fluent_ld.service.runner: Reloaded" in node.log and "[worker 1] fluent_ld.service.runner: Reloaded" in node.log
             for first in range(0, 100, 10):
                 send(forward, first, 10)  # new connections: both workers, both on the new config
             until(lambda: len(ld.events) == 100)

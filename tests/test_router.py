@@ -2,7 +2,7 @@
 
 import pytest
 
-from fluent_ld.router import OTHER_TAGS, ROUTE_CACHE_SIZE, MatchPattern, PatternError, Router
+from fluent_ld.pipeline.router import OTHER_TAGS, ROUTE_CACHE_SIZE, MatchPattern, PatternError, Router
 
 MATCH = [
     ("a", "a"), ("a.b", "a.b"),

@@ -14,7 +14,7 @@ import time
 
 import msgpack
 
-from fluent_ld.ldserver import LaunchDarklyServer
+from fluent_ld.dev.ldserver import LaunchDarklyServer
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config
 

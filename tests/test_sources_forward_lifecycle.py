@@ -12,7 +12,7 @@ from collections import Counter
 import msgpack
 import pytest
 
-from fluent_ld.admission import encode_frame
+from fluent_ld.pipeline.admission import encode_frame
 from fluent_ld.forward.codec import DecoderLimits
 from fluent_ld.sources.forward_connection import (
     MAX_PENDING_REQUESTS,
@@ -22,15 +22,8 @@ from fluent_ld.sources.forward_connection import (
     State,
 )
 from harness import RawClient, RunningNode, capture_node, forward_request
-from test_forward_security import SECURE, connect, ping
-
-
-def wait_until(predicate, timeout: float = 5, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+from test_forward_adversarial import wait_until
+from test_forward_security import SECURE, TLS, connect, ping
 
 
 def the_connection(n: RunningNode) -> ForwardConnection:
@@ -170,7 +163,7 @@ def test_a_close_notify_arriving_with_a_backlog_still_admits_every_request_read_
 
     monkeypatch.setattr(ForwardConnection, "eof_received", spy)
     count = 300
-    conf = f"""
+    conf = TLS.format(d=d, extra="")
 <source>
   @type forward
   port 0

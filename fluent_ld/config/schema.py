@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from fluent_ld.config.errors import ConfigError, ConfigErrors, Where
 from fluent_ld.config.params import REQUIRED, Conf, Enum, Integer, Param, Section, String, validate_section
 from fluent_ld.config.parser import Element
-from fluent_ld.router import MatchPattern, PatternError
+from fluent_ld.pipeline.router import MatchPattern, PatternError
 
 __all__ = ["LOG_LEVELS", "NodeConfig", "PluginConf", "PluginSpec", "SYSTEM", "validate_root"]
 

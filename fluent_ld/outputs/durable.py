@@ -18,13 +18,13 @@ import time
 from typing import ClassVar
 
 from fluent_ld import metrics
-from fluent_ld.admission import DeadLetter, Encoded
+from fluent_ld.pipeline.admission import DeadLetter, Encoded
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf
 from fluent_ld.outputs.buffer import Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks
 from fluent_ld.outputs.outcome import Bury, Delivered, Outcome, Pause, Retry, Split, expired
 from fluent_ld.plugin import BufferFullError, Output
-from fluent_ld.retry import RetryPolicy
+from fluent_ld.outputs.retry import RetryPolicy
 from fluent_ld.store import Batch, StoreError
 
 __all__ = ["DEAD_LETTER_LOG_INTERVAL", "DurableOutput", "PAUSE_PROBE_INTERVAL"]

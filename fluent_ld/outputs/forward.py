@@ -22,7 +22,7 @@ import msgpack
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
 from fluent_ld import metrics
-from fluent_ld.admission import ForwardEncoder
+from fluent_ld.pipeline.admission import ForwardEncoder
 from fluent_ld.encode import gzip_body
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput

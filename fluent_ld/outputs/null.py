@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fluent_ld.config.params import Section
-from fluent_ld.admission import CountEncoder, Encoded
+from fluent_ld.pipeline.admission import CountEncoder, Encoded
 from fluent_ld.plugin import Output
 
 

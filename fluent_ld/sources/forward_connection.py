@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fluent_ld.admission import Admitted, Decoding
+from fluent_ld.pipeline.admission import Admitted, Decoding
 from fluent_ld.forward.codec import (
     Decoder,
     DecoderLimits,

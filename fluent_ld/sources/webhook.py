@@ -30,7 +30,7 @@ from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Arg, Bool, Enum, Integer, JSONValue, Param, Section, Size, String, Time
 from fluent_ld.plugin import BufferFullError, Source, StartError
-from fluent_ld.policy import PolicyError, compile_policy
+from fluent_ld.sources.webhook_policy import PolicyError, compile_policy
 
 TRANSPORT = Section(
     "transport",

@@ -15,7 +15,7 @@
 Acknowledge only what is durable: an append returns once its commit's fsync has.
 """
 
-from fluent_ld.admission import DeadLetter
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.store.batches import MAX_BATCHES_PER_CUT, Batch
 from fluent_ld.store.errors import StoreError, StoreFormatError, StoreInUseError
 from fluent_ld.store.paths import store_file, worker_files

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fluent_ld.admission import DeadLetter
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.encode import pack_lengths
 from fluent_ld.store.rows import insert_pending
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fluent_ld.admission import DeadLetter
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.store import dead_letters, lock, rows
 from fluent_ld.store.batches import Batch, cut_is_due, fragments, plan_split
 from fluent_ld.store.errors import StoreError

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluent_ld.admission import DeadLetter
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.encode import pack_lengths
 from fluent_ld.store import dead_letters
 from fluent_ld.store.errors import StoreError

@@ -7,17 +7,17 @@ import gc
 import logging
 
 from fluent_ld import metrics
-from fluent_ld.admission import Admitted, CountEncoder, Decoding, Encoder, encode_frame
+from fluent_ld.pipeline.admission import Admitted, CountEncoder, Decoding, Encoder, encode_frame
 from fluent_ld.config.schema import NodeConfig, PluginConf
 from fluent_ld.forward.codec import Frame
 from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
-from fluent_ld.pool import Pool, PoolUnavailable, default_size
+from fluent_ld.pipeline.pool import Pool, PoolUnavailable, default_size
 from fluent_ld.registry import output_class, source_class
-from fluent_ld.router import Router
+from fluent_ld.pipeline.router import Router
 
 __all__ = ["Node", "POOL_MIN_BYTES"]
 
-log = logging.getLogger("fluent_ld.node")
+log = logging.getLogger("fluent_ld.pipeline.node")
 
 # How often gauges read from the stores (depth, oldest age) are brought up to date, so that the
 # worker serving /metrics sees every worker's within this long.
@@ -69,7 +69,7 @@ class Node:
     async def admit_frame(self, tag: str, frame: Frame, decoding: Decoding) -> Admitted:
         """Decode, validate, map and encode a framed forward request for the output its tag
         routes to: in a pool process, or here when it is small or no process is ready. Raises
-        :class:`~fluent_ld.forward.codec.ProtocolError` and :class:`~fluent_ld.pool.PoolError`;
+        :class:`~fluent_ld.forward.codec.ProtocolError` and :class:`~fluent_ld.pipeline.pool.PoolError`;
         :meth:`commit` then stores the result."""
         output = self.router.resolve(tag)
         output_id, encoder = (output.id, output.encoder) if output is not None else (_UNMATCHED, _COUNT)

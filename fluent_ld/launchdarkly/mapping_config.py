@@ -1,7 +1,7 @@
 """The mapping parameters of ``<match> @type launchdarkly`` (the "blueprint editor"): which preset,
 per-event overrides, context kinds, what to do with unmapped events, and where the event sits in
 the record. Declared once here; the LaunchDarkly output and the ``map`` and ``schema`` commands
-build their :class:`~fluent_ld.mapping.Mapper` from them."""
+build their :class:`~fluent_ld.launchdarkly.mapping.Mapper` from them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 from fluent_ld.config.errors import ConfigError, ConfigErrors, Where
 from fluent_ld.config.params import Arg, Array, Bool, Conf, Enum, Param, Section, String, validate_section
 from fluent_ld.config.parser import Element, Value
-from fluent_ld.mapping import Mapper
-from fluent_ld.preset import ContextRule, EventRule, Preset, PresetError
-from fluent_ld.preset_loader import load_preset
+from fluent_ld.launchdarkly.mapping import Mapper
+from fluent_ld.launchdarkly.preset import ContextRule, EventRule, Preset, PresetError
+from fluent_ld.launchdarkly.preset.loader import load_preset
 
 __all__ = [
     "MAPPING_PARAMS",

@@ -11,14 +11,15 @@ import random
 import time
 
 from fluent_ld import metrics
-from fluent_ld.admission import LaunchDarklyEncoder
+from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
-from fluent_ld.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_preset, check_mapping
+from fluent_ld.launchdarkly.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_preset, check_mapping
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
-from fluent_ld.outputs.launchdarkly_sender import KNOWN_HOSTS, USER_AGENT, Sender
-from fluent_ld.outputs.outcome import Outcome, launchdarkly_outcome
+from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
+from fluent_ld.launchdarkly.response import launchdarkly_outcome
+from fluent_ld.outputs.outcome import Outcome
 from fluent_ld.store import Batch
 
 

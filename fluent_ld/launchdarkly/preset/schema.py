@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fluent_ld.preset import PAGE, EventRule, Preset
+from fluent_ld.launchdarkly.preset import PAGE, EventRule, Preset
 
 __all__ = ["DRAFT", "envelope_schema", "event_schema", "schemas"]
 

@@ -16,8 +16,8 @@ from importlib import resources
 from typing import TextIO
 
 from fluent_ld.config.loader import load
-from fluent_ld.ldserver import LaunchDarklyServer
-from fluent_ld.node import Node
+from fluent_ld.dev.ldserver import LaunchDarklyServer
+from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.durable import DurableOutput
 
 __all__ = ["DEFAULT_CONFIG", "SAMPLE_EVENTS", "run_demo"]

@@ -1,4 +1,4 @@
-"""The program a pool process runs (``python -m fluent_ld.pool_process FD``).
+"""The program a pool process runs (``python -m fluent_ld.pipeline.pool_process FD``).
 
 It talks to its node over one end of a socket pair: pickles whose large byte strings travel beside
 them (see :func:`pack`), one request at a time.
@@ -21,7 +21,7 @@ import struct
 import sys
 from typing import Any
 
-from fluent_ld.admission import encode_frame
+from fluent_ld.pipeline.admission import encode_frame
 from fluent_ld.forward.codec import ProtocolError
 
 # A message: HEAD (the pickle's length, how many out-of-band buffers follow), one LENGTH per buffer,

@@ -19,8 +19,8 @@ import jsonschema
 import jsonschema_rs
 import orjson
 
-from fluent_ld.preset import PAGE, Preset
-from fluent_ld.preset.schema import schemas
+from fluent_ld.launchdarkly.preset import PAGE, Preset
+from fluent_ld.launchdarkly.preset.schema import schemas
 
 __all__ = ["INVALID", "UNMAPPED", "Mapper", "Rejection"]
 

@@ -21,8 +21,8 @@ import msgpack
 import orjson
 
 from fluent_ld.forward.codec import DecoderLimits, Frame, Request, encode_event_time, open_request
-from fluent_ld.mapping import INVALID, Mapper
-from fluent_ld.preset import Preset
+from fluent_ld.launchdarkly.mapping import INVALID, Mapper
+from fluent_ld.launchdarkly.preset import Preset
 
 __all__ = [
     "Admitted",

@@ -2,9 +2,9 @@
 the event loop only does socket I/O, acks, the store and the sender, and one node uses every core
 even when its client opens one or two connections.
 
-Each pool process (:mod:`fluent_ld.pool_process`) holds the encoders of the node's outputs and
+Each pool process (:mod:`fluent_ld.pipeline.pool_process`) holds the encoders of the node's outputs and
 takes whole framed requests: the bytes as they came on the wire go in, an
-:class:`~fluent_ld.admission.Admitted` (fragments already joined, lengths, dead letters, the ack
+:class:`~fluent_ld.pipeline.admission.Admitted` (fragments already joined, lengths, dead letters, the ack
 token) comes back. A process that dies fails the requests it held with :class:`PoolError` (they are
 not acked, so the client sends them again), is logged and counted, and is replaced; while no process
 is ready (start-up, a crash loop) the node does the work on the event loop instead.
@@ -24,13 +24,13 @@ from collections import deque
 from typing import Any
 
 from fluent_ld import metrics
-from fluent_ld.admission import Admitted, Decoding, Encoder
+from fluent_ld.pipeline.admission import Admitted, Decoding, Encoder
 from fluent_ld.forward.codec import Frame, ProtocolError
-from fluent_ld.pool_process import HEAD, LENGTH, buffer, pack, unpack
+from fluent_ld.pipeline.pool_process import HEAD, LENGTH, buffer, pack, unpack
 
 __all__ = ["Pool", "PoolError", "PoolUnavailable", "default_size"]
 
-log = logging.getLogger("fluent_ld.pool")
+log = logging.getLogger("fluent_ld.pipeline.pool")
 
 # Requests sent to one process before it answers the first: one being worked on and one waiting in
 # its socket, so the process never idles while the event loop gets round to its answer.
@@ -189,7 +189,7 @@ class _Process:
         ours, theirs = socket.socketpair()
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "fluent_ld.pool_process", str(theirs.fileno())],
+                [sys.executable, "-m", "fluent_ld.pipeline.pool_process", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -350,7 +350,7 @@ class _Process:
 
 
 class _Reader:
-    """Reads messages (see :func:`fluent_ld.pool_process.pack`) from a non-blocking socket straight
+    """Reads messages (see :func:`fluent_ld.pipeline.pool_process.pack`) from a non-blocking socket straight
     into buffers of their exact sizes: the head, the buffer lengths, the pickle, each buffer."""
 
     def __init__(self) -> None:

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load
 from fluent_ld.config.schema import NodeConfig
-from fluent_ld.node import Node
+from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.plugin import StartError
 
 __all__ = ["Runner", "load_for_reload"]
 
-log = logging.getLogger("fluent_ld.runner")
+log = logging.getLogger("fluent_ld.service.runner")
 
 
 class Runner:

@@ -6,7 +6,7 @@ import json
 import os
 from importlib import resources
 
-from fluent_ld.preset import Preset, PresetError, preset_from_dict
+from fluent_ld.launchdarkly.preset import Preset, PresetError, preset_from_dict
 
 __all__ = ["BUILTIN_PRESETS", "load_preset"]
 
@@ -17,7 +17,7 @@ def load_preset(name_or_path: str, base_dir: str = ".") -> Preset:
     """A built-in preset by name, else a preset file (relative paths from ``base_dir``, the folder
     of the config that names it). Raises :class:`PresetError` naming the file and the problem."""
     if name_or_path in BUILTIN_PRESETS:
-        text = resources.files("fluent_ld.preset").joinpath(f"{name_or_path}.json").read_text("utf-8")
+        text = resources.files("fluent_ld.launchdarkly.preset").joinpath(f"{name_or_path}.json").read_text("utf-8")
         source = f"preset {name_or_path!r}"
     else:
         path = name_or_path if os.path.isabs(name_or_path) else os.path.join(base_dir, name_or_path)

@@ -29,11 +29,11 @@ from prometheus_client.multiprocess import mark_process_dead
 from fluent_ld import metrics
 from fluent_ld.config.schema import NodeConfig
 from fluent_ld.plugin import StartError
-from fluent_ld.runner import load_for_reload
+from fluent_ld.service.runner import load_for_reload
 
 __all__ = ["Supervisor"]
 
-log = logging.getLogger("fluent_ld.supervisor")
+log = logging.getLogger("fluent_ld.service.supervisor")
 
 RESTART_BACKOFF_FIRST = 1.0
 RESTART_BACKOFF_MAX = 30.0

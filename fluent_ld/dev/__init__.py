@@ -1,0 +1,1 @@
+"""Development tools, apart from the node: the LaunchDarkly-compatible server and the demo."""
