@@ -27,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import report as results  # noqa: E402
+import report as results
 
-from fluent_ld.encode import gzip_body  # noqa: E402
-from fluent_ld.launchdarkly.mapping import Mapper  # noqa: E402
-from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
-from fluent_ld.store import Store  # noqa: E402
+from fluent_ld.encode import gzip_body
+from fluent_ld.launchdarkly.mapping import Mapper
+from fluent_ld.launchdarkly.preset.loader import load_preset
+from fluent_ld.store import Store
 
 MAX_BODY = 9 * 1024 * 1024  # the <buffer> default chunk_limit_size
 MAX_RECORDS = 50_000  # the <buffer> default chunk_limit_records
@@ -46,33 +46,52 @@ def signal_record(i: int) -> dict:
     shape = i % 4
     if shape == 0:
         return {
-            "type": "track", "event": "Order Completed", "user_id": f"user-{i * 7919 % 1_000_003:07d}",
+            "type": "track",
+            "event": "Order Completed",
+            "user_id": f"user-{i * 7919 % 1_000_003:07d}",
             "anonymous_id": f"{i * 2654435761 % 2**32:08x}-4b1d-9c2e-{i:012x}",
             "properties": {
-                "order_id": f"ORD-{i:09d}", "revenue": round(5 + i * 37 % 50_000 / 100, 2), "currency": "GBP",
-                "coupon": "WINTER-10" if i % 3 else "", "shipping": "express", "items": 1 + i % 7,
+                "order_id": f"ORD-{i:09d}",
+                "revenue": round(5 + i * 37 % 50_000 / 100, 2),
+                "currency": "GBP",
+                "coupon": "WINTER-10" if i % 3 else "",
+                "shipping": "express",
+                "items": 1 + i % 7,
                 "payment_method": ("card", "paypal", "apple_pay")[i % 3],
             },
         }
     if shape == 1:
         return {
-            "type": "track", "event": "Product Viewed", "anonymousId": f"{i * 40503 % 2**32:08x}-77aa-41c0-{i:012x}",
+            "type": "track",
+            "event": "Product Viewed",
+            "anonymousId": f"{i * 40503 % 2**32:08x}-77aa-41c0-{i:012x}",
             "properties": {
-                "value": round(i * 13 % 10_000 / 100, 2), "sku": f"SKU-{i * 31 % 100_000:05d}",
-                "name": "Merino wool crew neck jumper", "category": "knitwear/men", "in_stock": True,
+                "value": round(i * 13 % 10_000 / 100, 2),
+                "sku": f"SKU-{i * 31 % 100_000:05d}",
+                "name": "Merino wool crew neck jumper",
+                "category": "knitwear/men",
+                "in_stock": True,
             },
         }
     if shape == 2:
         return {
-            "type": "page", "anonymous_id": f"{i * 69069 % 2**32:08x}-c0de-4e11-{i:012x}", "name": "Pricing",
+            "type": "page",
+            "anonymous_id": f"{i * 69069 % 2**32:08x}-c0de-4e11-{i:012x}",
+            "name": "Pricing",
             "properties": {"path": f"/pricing/{i % 12}", "title": "Pricing - plans for teams", "referrer": "https://www.example.com/blog/launch"},
         }
     return {
-        "type": "track", "event": "Signed Up", "userId": f"user-{i * 104729 % 1_000_003:07d}",
+        "type": "track",
+        "event": "Signed Up",
+        "userId": f"user-{i * 104729 % 1_000_003:07d}",
         "timestamp": f"2026-11-24T12:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}+01:00",
         "properties": {
-            "plan": ("team", "business", "enterprise")[i % 3], "source": "newsletter-2026-11", "seats": 1 + i % 50,
-            "company_size": ("1-10", "11-50", "51-200", "201-1000")[i % 4], "trial": i % 2 == 0, "role": "engineering manager",
+            "plan": ("team", "business", "enterprise")[i % 3],
+            "source": "newsletter-2026-11",
+            "seats": 1 + i % 50,
+            "company_size": ("1-10", "11-50", "51-200", "201-1000")[i % 4],
+            "trial": i % 2 == 0,
+            "role": "engineering manager",
         },
     }
 
@@ -137,8 +156,15 @@ async def store_run(rows: list, compress: bool, keep: bool = False) -> dict:
     finally:
         await store.close()
     return {
-        "seconds": elapsed, "cpu_seconds": cpu, "cut_seconds": cut, "events": events, "body_bytes": body_bytes, "out_bytes": out_bytes,
-        "batches": len(seen), "bodies": bodies, "counts": counts,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "cut_seconds": cut,
+        "events": events,
+        "body_bytes": body_bytes,
+        "out_bytes": out_bytes,
+        "batches": len(seen),
+        "bodies": bodies,
+        "counts": counts,
     }
 
 
@@ -220,11 +246,13 @@ def main() -> int:
     print(f"{'figure':<52} {'records/s':>11} {'spread':>23} {'floor/s':>11} {'ratio':>6} {'MB/s':>7} {'floor MB/s':>10}")
     for figure, rate, floor, mb, floor_mb in printed:
         med, fmed = statistics.median(rate), statistics.median(floor)
-        print(
-            f"{figure:<52} {med:>11,.0f} {min(rate):>11,.0f}..{max(rate):<11,.0f} {fmed:>11,.0f} {med / fmed:>6.2f} {mb:>7.0f} {floor_mb:>10.0f}"
-        )
+        print(f"{figure:<52} {med:>11,.0f} {min(rate):>11,.0f}..{max(rate):<11,.0f} {fmed:>11,.0f} {med / fmed:>6.2f} {mb:>7.0f} {floor_mb:>10.0f}")
     report = {
-        "benchmark": "batch", "machine": machine, "quick": args.quick, "events": n, "mean_fragment_bytes": mean_fragment,
+        "benchmark": "batch",
+        "machine": machine,
+        "quick": args.quick,
+        "events": n,
+        "mean_fragment_bytes": mean_fragment,
         "rows": report_rows,
     }
     results.write(report, args.out, args.quick, "batch.json")

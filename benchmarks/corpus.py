@@ -27,14 +27,14 @@ from __future__ import annotations
 import base64
 import random
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgpack
 
 from fluent_ld.forward.codec import encode_event_time
 
 # 2026-12-05T10:00:00Z: the corpus's "now". Event times are the seconds around it.
-T0_S = int(datetime(2026, 12, 5, 10, 0, 0, tzinfo=timezone.utc).timestamp())
+T0_S = int(datetime(2026, 12, 5, 10, 0, 0, tzinfo=UTC).timestamp())
 T0 = T0_S * 10**9
 
 USER_AGENTS = [
@@ -46,10 +46,16 @@ USER_AGENTS = [
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
 ]
 PAGES = [
-    ("/", "Home"), ("/collections/winter", "Winter Collection"), ("/products/merino-wool-scarf", "Merino Wool Scarf"),
-    ("/products/leather-gloves", "Leather Gloves"), ("/products/waterproof-rain-jacket", "Waterproof Rain Jacket"),
-    ("/cart", "Your Cart"), ("/checkout", "Checkout"), ("/checkout/confirmation", "Order Confirmation"),
-    ("/account/signup", "Create an Account"), ("/search", "Search Results"),
+    ("/", "Home"),
+    ("/collections/winter", "Winter Collection"),
+    ("/products/merino-wool-scarf", "Merino Wool Scarf"),
+    ("/products/leather-gloves", "Leather Gloves"),
+    ("/products/waterproof-rain-jacket", "Waterproof Rain Jacket"),
+    ("/cart", "Your Cart"),
+    ("/checkout", "Checkout"),
+    ("/checkout/confirmation", "Order Confirmation"),
+    ("/account/signup", "Create an Account"),
+    ("/search", "Search Results"),
 ]
 REFERRERS = ["https://www.google.com/", "https://www.bing.com/", "https://duckduckgo.com/", "https://www.instagram.com/", "", "https://shop.example.com/"]
 SEARCHES = ["", "?utm_source=newsletter&utm_medium=email&utm_campaign=winter_sale", "?utm_source=google&utm_medium=cpc&gclid=Cj0KCQiA", "?q=wool+scarf"]
@@ -57,8 +63,12 @@ TIMEZONES = ["Europe/London", "America/New_York", "Europe/Berlin", "Europe/Paris
 SCREENS = [{"width": 1920, "height": 1080, "density": 1}, {"width": 1512, "height": 982, "density": 2}, {"width": 393, "height": 852, "density": 3}]
 LOCALES = ["en-GB", "en-US", "de-DE", "fr-FR", "es-ES", "nl-NL"]
 PRODUCTS = [
-    ("Merino Wool Scarf", "Accessories", 39.0), ("Leather Gloves", "Accessories", 54.5), ("Waterproof Rain Jacket", "Outerwear", 149.0),
-    ("Cashmere Beanie", "Accessories", 29.99), ("Down Puffer Vest", "Outerwear", 119.0), ("Wool Hiking Socks", "Footwear", 18.0),
+    ("Merino Wool Scarf", "Accessories", 39.0),
+    ("Leather Gloves", "Accessories", 54.5),
+    ("Waterproof Rain Jacket", "Outerwear", 149.0),
+    ("Cashmere Beanie", "Accessories", 29.99),
+    ("Down Puffer Vest", "Outerwear", 119.0),
+    ("Wool Hiking Socks", "Footwear", 18.0),
 ]
 # (share, event name); None is a page call. Track calls are most of the traffic.
 MIX = [(0.36, "Product Viewed"), (0.18, "Product Added"), (0.10, "Checkout Started"), (0.08, "Order Completed"), (0.06, "Signed Up"), (0.22, None)]
@@ -73,14 +83,17 @@ def _uuid(rng: random.Random) -> str:
 def _iso(seconds: int, ms: int) -> str:
     """ISO 8601 with milliseconds and Z, as analytics.js writes it."""
     seconds, ms = seconds + ms // 1000, ms % 1000
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
 
 
 def _product(rng: random.Random) -> dict:
     name, category, price = rng.choice(PRODUCTS)
     return {
-        "product_id": f"{rng.randrange(10**9, 10**10)}", "sku": f"{category[:3].upper()}-{rng.randrange(10**5):05d}",
-        "name": name, "price": price, "quantity": rng.randrange(1, 4),
+        "product_id": f"{rng.randrange(10**9, 10**10)}",
+        "sku": f"{category[:3].upper()}-{rng.randrange(10**5):05d}",
+        "name": name,
+        "price": price,
+        "quantity": rng.randrange(1, 4),
     }
 
 
@@ -100,7 +113,10 @@ def record(rng: random.Random, i: int) -> dict:
     search = rng.choice(SEARCHES)
     stamp = T0_S - rng.randrange(3600)
     page = {
-        "path": path, "referrer": rng.choice(REFERRERS), "search": search, "title": f"{title} | Northwind Outfitters",
+        "path": path,
+        "referrer": rng.choice(REFERRERS),
+        "search": search,
+        "title": f"{title} | Northwind Outfitters",
         "url": f"https://shop.example.com{path}{search}",
     }
     event: dict = {"type": "page" if name is None else "track"}
@@ -129,8 +145,10 @@ def record(rng: random.Random, i: int) -> dict:
         properties["category"] = rng.choice(["Landing", "Product", "Checkout", "Account"])
     elif name == "Signed Up":
         properties = {
-            "method": rng.choice(["email", "google", "apple"]), "plan": rng.choice(["free", "plus"]),
-            "newsletter": rng.random() < 0.5, "source": rng.choice(["header", "checkout", "popup"]),
+            "method": rng.choice(["email", "google", "apple"]),
+            "plan": rng.choice(["free", "plus"]),
+            "newsletter": rng.random() < 0.5,
+            "source": rng.choice(["header", "checkout", "popup"]),
         }
         if rng.random() < 0.5:
             properties["referral_code"] = f"REF-{rng.randrange(10**6):06d}"
@@ -165,8 +183,11 @@ def slim(first: int, n: int) -> list[dict]:
     """benchmarks/node.py's ``chunk()`` records."""
     return [
         {
-            "type": "track", "event": "Order Completed", "user_id": f"user-{i}",
-            "anonymous_id": "a1b2c3d4", "properties": {"order_id": f"O-{i}", "revenue": 89.99, "currency": "GBP"},
+            "type": "track",
+            "event": "Order Completed",
+            "user_id": f"user-{i}",
+            "anonymous_id": "a1b2c3d4",
+            "properties": {"order_id": f"O-{i}", "revenue": 89.99, "currency": "GBP"},
         }
         for i in range(first, first + n)
     ]

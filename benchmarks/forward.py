@@ -28,12 +28,12 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fluent_ld.config.loader import load_text  # noqa: E402
-from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time  # noqa: E402
-from fluent_ld.pipeline.node import Node  # noqa: E402
+from fluent_ld.config.loader import load_text
+from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time
+from fluent_ld.pipeline.node import Node
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report as results  # noqa: E402
+import report as results
 
 RECORD = {
     "type": "track",
@@ -152,10 +152,7 @@ def server_rate(clients: int, requests: int, per_request: int) -> tuple[float, f
         await node.start()
         port = node.sources[0][1].port
         results = multiprocessing.Queue()
-        procs = [
-            multiprocessing.Process(target=client_process, args=(port, payload, requests, per_request, results))
-            for _ in range(clients)
-        ]
+        procs = [multiprocessing.Process(target=client_process, args=(port, payload, requests, per_request, results)) for _ in range(clients)]
         start = time.perf_counter()
         for p in procs:
             p.start()
@@ -202,8 +199,12 @@ def main() -> int:
         samples = [server_rate(clients, n_requests * (5 if not args.quick else 1), per_request) for _ in range(max(1, runs // 2))]
         rows.append(
             (
-                f"server packed+ack, {clients} client(s)", summary([s[0] for s in samples]), summary(floor),
-                [s[0] for s in samples], floor, statistics.median(s[1] for s in samples),
+                f"server packed+ack, {clients} client(s)",
+                summary([s[0] for s in samples]),
+                summary(floor),
+                [s[0] for s in samples],
+                floor,
+                statistics.median(s[1] for s in samples),
             )
         )
 
@@ -214,18 +215,11 @@ def main() -> int:
     for name, fig, fl, values, floor_values, *extra in rows:
         ratio = fig["median"] / fl["median"]
         p99 = f"{extra[0]:.1f}ms" if extra else ""
-        print(
-            f"{name:<36} {fig['median']:>12,.0f} {fig['min']:>11,.0f}..{fig['max']:<11,.0f} {fl['median']:>12,.0f} {ratio:>6.2f} {p99:>9}"
-        )
-        floor_figure = (
-            "bare msgpack loop over the same chunks, in process" if extra
-            else "bare msgpack.Unpacker loop over the same bytes"
-        )
+        print(f"{name:<36} {fig['median']:>12,.0f} {fig['min']:>11,.0f}..{fig['max']:<11,.0f} {fl['median']:>12,.0f} {ratio:>6.2f} {p99:>9}")
+        floor_figure = "bare msgpack loop over the same chunks, in process" if extra else "bare msgpack.Unpacker loop over the same bytes"
         uniform = results.row(name, values, "records/s", floor_values, floor_figure, {"p99_ack_ms": round(extra[0], 1)} if extra else {})
         # The keys of earlier runs (records_per_s, floor_per_s, p99_ack_ms) beside the uniform ones.
-        report["rows"].append(
-            {**uniform, "records_per_s": fig, "floor_per_s": fl, "ratio": ratio, "p99_ack_ms": extra[0] if extra else None}
-        )
+        report["rows"].append({**uniform, "records_per_s": fig, "floor_per_s": fl, "ratio": ratio, "p99_ack_ms": extra[0] if extra else None})
     out = results.write(report, args.out, args.quick, "forward.json")
     if out is not None:
         print(f"written: {out}")

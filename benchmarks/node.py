@@ -34,12 +34,12 @@ import msgpack
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import client_process  # noqa: E402
+from forward import client_process
 
-from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time  # noqa: E402
-from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer  # noqa: E402
-from fluent_ld.launchdarkly.mapping import Mapper  # noqa: E402
-from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
+from fluent_ld.forward.codec import NEED_DATA, Decoder, encode_event_time
+from fluent_ld.launchdarkly.mapping import Mapper
+from fluent_ld.launchdarkly.preset.loader import load_preset
 
 PER_REQUEST = 500
 # Client connections per run: SO_REUSEPORT spreads connections over workers by their addresses, so a
@@ -55,10 +55,16 @@ TOKEN = "api-bench"
 def chunk(first: int, n: int = PER_REQUEST) -> bytes:
     entries = b"".join(
         msgpack.packb(
-            [encode_event_time(1_795_000_000 * 10**9 + i), {
-                "type": "track", "event": "Order Completed", "user_id": f"user-{i}",
-                "anonymous_id": "a1b2c3d4", "properties": {"order_id": f"O-{i}", "revenue": 89.99, "currency": "GBP"},
-            }],
+            [
+                encode_event_time(1_795_000_000 * 10**9 + i),
+                {
+                    "type": "track",
+                    "event": "Order Completed",
+                    "user_id": f"user-{i}",
+                    "anonymous_id": "a1b2c3d4",
+                    "properties": {"order_id": f"O-{i}", "revenue": 89.99, "currency": "GBP"},
+                },
+            ],
             use_bin_type=True,
         )
         for i in range(first, first + n)
@@ -204,7 +210,9 @@ def node_run(ld: ServerThread, clients: int, requests: int, workers: int = 1, ra
             if rate is None:
                 procs = [multiprocessing.Process(target=client_process, args=(port, payload, requests, PER_REQUEST, results)) for _ in range(clients)]
             else:
-                procs = [multiprocessing.Process(target=paced_client, args=(port, payload, requests, PER_REQUEST, rate / clients, results)) for _ in range(clients)]
+                procs = [
+                    multiprocessing.Process(target=paced_client, args=(port, payload, requests, PER_REQUEST, rate / clients, results)) for _ in range(clients)
+                ]
             start = time.perf_counter()
             for p in procs:
                 p.start()
@@ -302,25 +310,38 @@ def main() -> int:
     report["rows"] = [
         {
             "figure": f"node, {name}" if name != "half rate" else f"node, 1 worker, paced at half ({half:,.0f}/s)",
-            "value": r["records_per_s"], "unit": "records/s", "spread": list(r["spread"]), "runs": r["runs"],
+            "value": r["records_per_s"],
+            "unit": "records/s",
+            "spread": list(r["spread"]),
+            "runs": r["runs"],
             # The paced row is a latency figure: its rate is set by the clients, so it has no ratio.
             "floor": fl if name != "half rate" else None,
             "floor_figure": "decode+validate+map+encode in process, no I/O" if name != "half rate" else None,
             "ratio": r["records_per_s"] / fl if name != "half rate" else None,
             "extra": {
-                "p50_ack_ms": round(r["p50_ack_ms"], 1), "p99_ack_ms": round(r["p99_ack_ms"], 1),
-                "cpu_us_per_record": round(r["cpu_us_per_record"], 2), "peak_rss_mb": round(r["peak_rss_mb"]),
+                "p50_ack_ms": round(r["p50_ack_ms"], 1),
+                "p99_ack_ms": round(r["p99_ack_ms"], 1),
+                "cpu_us_per_record": round(r["cpu_us_per_record"], 2),
+                "peak_rss_mb": round(r["peak_rss_mb"]),
                 "delivered_all": r["delivered_all"],
                 **({"vs_1_worker": round(scale, 2)} if name == "2 worker(s)" else {}),
             },
         }
         for name, r in rows.items()
     ]
-    report["rows"].append({
-        "figure": f"store holding {memory['pending_events']:,} undelivered events", "value": memory["rss_mb"], "unit": "MB RSS",
-        "spread": [memory["rss_mb"], memory["rss_mb"]], "runs": 1, "floor": None, "floor_figure": None, "ratio": None,
-        "extra": {"peak_rss_mb": round(memory["peak_rss_mb"]), "fill_records_per_s": round(memory["fill_records_per_s"])},
-    })
+    report["rows"].append(
+        {
+            "figure": f"store holding {memory['pending_events']:,} undelivered events",
+            "value": memory["rss_mb"],
+            "unit": "MB RSS",
+            "spread": [memory["rss_mb"], memory["rss_mb"]],
+            "runs": 1,
+            "floor": None,
+            "floor_figure": None,
+            "ratio": None,
+            "extra": {"peak_rss_mb": round(memory["peak_rss_mb"]), "fill_records_per_s": round(memory["fill_records_per_s"])},
+        }
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if not args.quick:

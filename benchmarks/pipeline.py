@@ -15,27 +15,33 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fluent_ld.launchdarkly.mapping import Mapper, Rejection  # noqa: E402
-from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
+from fluent_ld.launchdarkly.mapping import Mapper, Rejection
+from fluent_ld.launchdarkly.preset.loader import load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report as results  # noqa: E402
+import report as results
 
 PRESET = load_preset("default")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def records(n: int) -> list[dict]:
     shapes = [
-        {"type": "track", "event": "Order Completed", "user_id": "user-1001", "anonymous_id": "a1b2",
-         "timestamp": "2026-11-24T12:00:00.000Z", "properties": {"order_id": "ORD-1", "revenue": 89.99, "currency": "GBP"}},
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "user_id": "user-1001",
+            "anonymous_id": "a1b2",
+            "timestamp": "2026-11-24T12:00:00.000Z",
+            "properties": {"order_id": "ORD-1", "revenue": 89.99, "currency": "GBP"},
+        },
         {"type": "page", "anonymous_id": "e5f6", "name": "Pricing", "properties": {"path": "/pricing", "title": "Pricing"}},
         {"type": "track", "event": "Product Viewed", "anonymousId": "c3d4", "properties": {"value": 19.5, "sku": "S-1"}},
         {"type": "track", "event": "Signed Up", "userId": "user-2", "timestamp": "2026-11-24T12:00:01+01:00", "properties": {"plan": "team"}},
@@ -112,7 +118,10 @@ def main() -> int:
     report = {"benchmark": "pipeline", "machine": machine, "quick": args.quick, "records_per_s": fig, "floor_per_s": flo, "ratio": med / fmed}
     report["rows"] = [
         results.row(
-            "validate+map+encode (one core)", fig, "records/s", flo,
+            "validate+map+encode (one core)",
+            fig,
+            "records/s",
+            flo,
             "the same rules by hand (lookup, identity, timestamp, metric, orjson), no schema",
             {"us_per_record": round(1e6 / med, 2)},
         )

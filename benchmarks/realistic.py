@@ -74,8 +74,11 @@ from fluent_ld.launchdarkly.preset.loader import load_preset  # noqa: E402
 
 FLOOR_FIGURE = "one process, same bytes: streamed msgpack decode, time checks, map_encoded, one join per request"
 FRAMING_NAMES = {
-    "fluentbit_forward": "Fluent Bit forward", "fluentbit_gzip": "Fluent Bit gzip", "fluentd_packed": "Fluentd str32 packed",
-    "message": "Message mode", "slim_packed": "slim PackedForward",
+    "fluentbit_forward": "Fluent Bit forward",
+    "fluentbit_gzip": "Fluent Bit gzip",
+    "fluentd_packed": "Fluentd str32 packed",
+    "message": "Message mode",
+    "slim_packed": "slim PackedForward",
 }
 CLIENT_DEADLINE = 90.0  # seconds a load client may send for, whatever its count
 DELIVERY_TIMEOUT = 120.0
@@ -243,9 +246,7 @@ class Node:
         )
         self.log = Path(store) / "node.log"
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fluent_ld", "run", "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
-            )
+            self.proc = subprocess.Popen([sys.executable, "-m", "fluent_ld", "run", "-c", str(conf)], stdout=log, stderr=log, start_new_session=True)
         _NODES.append(self.proc)
         try:
             self._wait_ready(pool)
@@ -462,11 +463,14 @@ def load_run(ld: ServerThread, pool: int | None, clients: list[tuple[Any, tuple]
     return {
         "delivered_per_s": got / max(last - first, 1e-9),
         "acked_per_s": total / max(max(o["last"] for o in outcomes) - first, 1e-9),
-        "p50_ack_ms": _p(latencies, 0.5) * 1000, "p99_ack_ms": _p(latencies, 0.99) * 1000,
+        "p50_ack_ms": _p(latencies, 0.5) * 1000,
+        "p99_ack_ms": _p(latencies, 0.99) * 1000,
         "cpu_us_per_record": (cpu1 - cpu0) / max(got, 1) * 1e6,
         "loop_cpu_us_per_record": (loop1 - loop0) / max(got, 1) * 1e6,
         "client_cpu_us_per_record": sum(o["cpu"] for o in outcomes) / max(total, 1) * 1e6,
-        "peak_rss_mb": peak / 2**20, "delivered_all": got >= total, "records": total,
+        "peak_rss_mb": peak / 2**20,
+        "delivered_all": got >= total,
+        "records": total,
         "pooled_share": pooled / (pooled + inline) if pooled + inline else None,
     }
 
@@ -477,7 +481,7 @@ def load_run(ld: ServerThread, pool: int | None, clients: list[tuple[Any, tuple]
 def huge_requests(records: list[dict], quick: bool) -> tuple[bytes, int, bytes, int, int]:
     """A Fluentd PackedForward request just under 31 MiB and a Fluent Bit gzip request whose entries
     inflate to ~64 MiB (quick: 4 and 8 MiB); their record counts and the inflated size."""
-    big_target, zip_target = ((4, 8) if quick else (31, 64))
+    big_target, zip_target = (4, 8) if quick else (31, 64)
     pack = msgpack.Packer(use_bin_type=True).pack
     t = corpus.T0
 
@@ -556,8 +560,13 @@ def ack_gap_run(ld: ServerThread, pool: int | None, big: bytes, big_n: int, zipp
         if overlaps[name] > 0:
             worst[name] = max(worst[name], gap * 1000)
     return {
-        "worst_ack_gap_ms": max(outcome["gaps"], default=0.0) * 1000, **worst, "p99_ack_ms": _p(outcome["latencies"], 0.99) * 1000,
-        "big_ack_ms": big_ms[0], "gzip_ack_ms": big_ms[1], "peak_rss_mb": peak / 2**20, "delivered_all": got >= total,
+        "worst_ack_gap_ms": max(outcome["gaps"], default=0.0) * 1000,
+        **worst,
+        "p99_ack_ms": _p(outcome["latencies"], 0.99) * 1000,
+        "big_ack_ms": big_ms[0],
+        "gzip_ack_ms": big_ms[1],
+        "peak_rss_mb": peak / 2**20,
+        "delivered_all": got >= total,
     }
 
 
@@ -589,7 +598,9 @@ def median_row(figure: str, samples: list[dict], floors: list[float] | None, ext
         elif key in ("acked_per_s",):
             extra[key] = round(statistics.median(vals))
         else:
-            extra[key] = round(statistics.median(vals), 2 if key in ("cpu_us_per_record", "loop_cpu_us_per_record", "client_cpu_us_per_record", "pooled_share") else 1)
+            extra[key] = round(
+                statistics.median(vals), 2 if key in ("cpu_us_per_record", "loop_cpu_us_per_record", "client_cpu_us_per_record", "pooled_share") else 1
+            )
     extra["delivered_all"] = all(s["delivered_all"] for s in samples)
     return results.row(figure, values, "records/s", floors, FLOOR_FIGURE if floors else None, extra)
 
@@ -599,9 +610,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a couple of small rows, seconds")
     parser.add_argument("--out", metavar="FILE", help="write the rows (benchmarks/run.py's format) here")
     parser.add_argument("--runs", type=int, default=0, help="samples per row (default 3, 1 with --quick)")
-    parser.add_argument("--only", metavar="PART", action="append", default=[],
-                        help="run only the rows whose kind contains PART: FRAMING/PER_REQUEST/on|off for the load rows "
-                             "(fluentbit_forward/1000/on, fluentbit_gzip, fluentd_packed), message, slim, gap/on|off|1; repeatable")
+    parser.add_argument(
+        "--only",
+        metavar="PART",
+        action="append",
+        default=[],
+        help="run only the rows whose kind contains PART: FRAMING/PER_REQUEST/on|off for the load rows "
+        "(fluentbit_forward/1000/on, fluentbit_gzip, fluentd_packed), message, slim, gap/on|off|1; repeatable",
+    )
     args = parser.parse_args()
 
     def wanted(kind: str) -> bool:
@@ -619,12 +635,24 @@ def main() -> int:
     supported = pool_supported()
     pools = f"pool on = the default pool_size ({default_pool_size()} processes here)" if supported else "pool_size unknown to this node (pool: n/a)"
     print(f"machine: {results.machine()}; {pools}", flush=True)
-    print(f"corpus: {len(records):,} records, mean JSON size {statistics.mean(sizes):,.0f} bytes "
-          f"({min(sizes)}..{max(sizes)}), accepted by the Default preset: {accepted:.2%}", flush=True)
+    print(
+        f"corpus: {len(records):,} records, mean JSON size {statistics.mean(sizes):,.0f} bytes "
+        f"({min(sizes)}..{max(sizes)}), accepted by the Default preset: {accepted:.2%}",
+        flush=True,
+    )
 
     ld = ServerThread()
     rows: list[dict] = []
-    extra_keys = ["acked_per_s", "p50_ack_ms", "p99_ack_ms", "cpu_us_per_record", "loop_cpu_us_per_record", "client_cpu_us_per_record", "peak_rss_mb", "pooled_share"]
+    extra_keys = [
+        "acked_per_s",
+        "p50_ack_ms",
+        "p99_ack_ms",
+        "cpu_us_per_record",
+        "loop_cpu_us_per_record",
+        "client_cpu_us_per_record",
+        "peak_rss_mb",
+        "pooled_share",
+    ]
 
     def record_row(row: dict) -> None:
         rows.append(row)
@@ -637,10 +665,13 @@ def main() -> int:
         plan = [("fluentbit_forward", 1000, 40, None, 8), ("fluentbit_gzip", 1000, 40, 0, 8)]
     else:
         plan = [
-            ("fluentbit_forward", 1000, 400, None, 8), ("fluentbit_forward", 1000, 400, 0, 8),
-            ("fluentbit_gzip", 1000, 400, None, 8), ("fluentbit_gzip", 1000, 400, 0, 8),
+            ("fluentbit_forward", 1000, 400, None, 8),
+            ("fluentbit_forward", 1000, 400, 0, 8),
+            ("fluentbit_gzip", 1000, 400, None, 8),
+            ("fluentbit_gzip", 1000, 400, 0, 8),
             ("fluentd_packed", 1000, 400, None, 8),
-            ("fluentbit_forward", 100, 3000, None, 8), ("fluentbit_forward", 2500, 160, None, 8),
+            ("fluentbit_forward", 100, 3000, None, 8),
+            ("fluentbit_forward", 2500, 160, None, 8),
             ("fluentbit_forward", 30, 6000, None, 32),  # Fluent Bit's traffic pattern
         ]
     floors_done: dict[tuple[str, int], list[float]] = {}
@@ -671,22 +702,31 @@ def main() -> int:
         # node.py's slim corpus and framing, as node.py sends it (4 connections, 8 in flight).
         wire = slim_chunk(0)
         floor = [floor_rate([wire] * 40, mapper, "slim_packed") for _ in range(runs)]
-        for pool in ((None, 0) if supported else (None,)):
+        for pool in (None, 0) if supported else (None,):
             clients = [(acked_client, ([wire], 500, 100, 8)) for _ in range(4)]
             samples = [load_run(ld, pool, clients) for _ in range(runs)]
-            record_row(median_row(f"node.py's slim corpus: PackedForward, 500/request (~{len(wire) / 1024:.0f} KB), 4 connections x 8 in flight, {pool_label(pool, supported)}", samples, floor, extra_keys))
+            record_row(
+                median_row(
+                    f"node.py's slim corpus: PackedForward, 500/request (~{len(wire) / 1024:.0f} KB), 4 connections x 8 in flight, {pool_label(pool, supported)}",
+                    samples,
+                    floor,
+                    extra_keys,
+                )
+            )
 
     # The worst gap between a small client's acks beside a huge request and a gzip bomb-sized one.
     big, big_n, zipped, zip_n, inflated = huge_requests(records, quick)
     # pool_size 1 (the default on a one-core machine): small requests share the one process with the
     # huge ones.
-    for pool in ((None, 0, 1) if supported and not quick else (None,)):
-        if not wanted(f"gap/{ {None: 'on', 0: 'off'}.get(pool, pool)}"):
+    for pool in (None, 0, 1) if supported and not quick else (None,):
+        if not wanted(f"gap/{ {None: 'on', 0: 'off'}.get(pool, pool) }"):
             continue
         gaps = sorted((ack_gap_run(ld, pool, big, big_n, zipped, zip_n) for _ in range(runs)), key=lambda g: g["worst_ack_gap_ms"])
         gap = gaps[len(gaps) // 2]  # the median sample, with its phases
-        figure = (f"worst ack gap, 10 records every 20 ms beside a {len(big) / 2**20:.0f} MiB Fluentd request "
-                  f"and a {len(zipped) / 2**20:.1f} MiB gzip request inflating to {inflated / 2**20:.0f} MiB, {pool_label(pool, supported)}")
+        figure = (
+            f"worst ack gap, 10 records every 20 ms beside a {len(big) / 2**20:.0f} MiB Fluentd request "
+            f"and a {len(zipped) / 2**20:.1f} MiB gzip request inflating to {inflated / 2**20:.0f} MiB, {pool_label(pool, supported)}"
+        )
         extra = {k: round(v, 1) if isinstance(v, float) else v for k, v in gap.items() if k != "worst_ack_gap_ms"}
         extra["samples_ms"] = [round(g["worst_ack_gap_ms"], 1) for g in gaps]
         extra["goal_met"] = gap["worst_ack_gap_ms"] < 100
@@ -695,8 +735,13 @@ def main() -> int:
     print()
     print_table(rows)
     print(f"\n{time.monotonic() - started:.0f} s")
-    report = {"benchmark": "realistic", "machine": results.machine(), "quick": quick, "rows": rows,
-              "corpus": {"records": len(records), "mean_json_bytes": statistics.mean(sizes), "accepted": accepted}}
+    report = {
+        "benchmark": "realistic",
+        "machine": results.machine(),
+        "quick": quick,
+        "rows": rows,
+        "corpus": {"records": len(records), "mean_json_bytes": statistics.mean(sizes), "accepted": accepted},
+    }
     out = results.write(report, args.out, quick or bool(args.only or args.runs), "realistic.json")  # only a full run replaces results/
     if out is not None:
         print(f"written: {out}")

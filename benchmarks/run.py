@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +104,21 @@ def table(outcomes: dict[str, dict[str, Any]]) -> str:
             spread = row["spread"] or []
             extra = ", ".join(f"{k}={number(v)}" for k, v in (row["extra"] or {}).items())
             lines.append(
-                "| " + " | ".join(
-                    cell(x) for x in (
-                        name, row["figure"], number(row["value"]), row["unit"] or "",
+                "| "
+                + " | ".join(
+                    cell(x)
+                    for x in (
+                        name,
+                        row["figure"],
+                        number(row["value"]),
+                        row["unit"] or "",
                         "..".join(number(s) for s in spread) if len(spread) == 2 and spread[0] != spread[1] else "",
-                        number(row["floor"]), "" if row["ratio"] is None else f"{row['ratio']:.2f}", extra,
+                        number(row["floor"]),
+                        "" if row["ratio"] is None else f"{row['ratio']:.2f}",
+                        extra,
                     )
-                ) + " |"
+                )
+                + " |"
             )
     return "\n".join(lines)
 
@@ -125,7 +133,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     outcomes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fluent-ld-bench-") as tmp:
         for name in names:
@@ -146,9 +154,7 @@ def main() -> int:
         "date": started.isoformat(timespec="seconds"),
         "machine": desc,
         "quick": args.quick,
-        "benchmarks": {
-            n: {k: o[k] for k in ("ok", "seconds", "returncode", "error", "machine") if k in o} for n, o in outcomes.items()
-        },
+        "benchmarks": {n: {k: o[k] for k in ("ok", "seconds", "returncode", "error", "machine") if k in o} for n, o in outcomes.items()},
         "rows": [{"benchmark": n, **row} for n, o in outcomes.items() if o["ok"] for row in o["rows"]],
     }
     out = Path(args.out)

@@ -33,10 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import report as results  # noqa: E402
-from batch import fragments  # noqa: E402
+import report as results
+from batch import fragments
 
-from fluent_ld.store import Store  # noqa: E402
+from fluent_ld.store import Store
 
 TASKS = 8
 PER_REQUEST = 4_000

@@ -53,9 +53,7 @@ def _setup_logging(level: str, fmt: str = "text", worker: int | None = None) -> 
         handler.setFormatter(JSONFormatter(worker))
     else:
         who = "" if worker is None else f"[worker {worker}] "
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-        )
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(log_level(level))
@@ -247,10 +245,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
                 counts["mapped"] += 1
                 print(orjson.dumps(result).decode())
     total = sum(counts.values())
-    print(
-        f"{total} event{'s' if total != 1 else ''}: {counts['mapped']} mapped, "
-        f"{counts['invalid']} invalid, {counts['unmapped']} unmapped"
-    )
+    print(f"{total} event{'s' if total != 1 else ''}: {counts['mapped']} mapped, {counts['invalid']} invalid, {counts['unmapped']} unmapped")
     return EXIT_OK if counts["invalid"] == counts["unmapped"] == 0 else EXIT_FAILED
 
 
@@ -368,8 +363,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     ids = [int(i) for i in args.ids] if args.ids else None
     if ids is not None and len(stores) > 1:
         print(
-            f"dead-letter ids are per store and there are {len(stores)} (one per output and worker): "
-            "choose one with --id and --worker",
+            f"dead-letter ids are per store and there are {len(stores)} (one per output and worker): choose one with --id and --worker",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -417,10 +411,15 @@ def _replay(pc, path: str, ids: list[int] | None) -> tuple[int, int]:
     output = plugin_class("output", pc.type_name)
     assert issubclass(output, DurableOutput)  # _stores finds only those
     mapper = build_mapper(pc.conf) if pc.type_name == "launchdarkly" else None
-    return asyncio.run(_with_store(
-        path, lambda s: replay(s, ids, mapper, output.keeps_tags),
-        separator=output.separator, framing=output.framing, kind=pc.type_name,
-    ))
+    return asyncio.run(
+        _with_store(
+            path,
+            lambda s: replay(s, ids, mapper, output.keeps_tags),
+            separator=output.separator,
+            framing=output.framing,
+            kind=pc.type_name,
+        )
+    )
 
 
 BACKFILL_WARNING = (
@@ -503,9 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="check a config file and every file it includes")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="the config file")
-    check.add_argument(
-        "--dump", action="store_true", help="print the config as checked, secrets masked"
-    )
+    check.add_argument("--dump", action="store_true", help="print the config as checked, secrets masked")
     check.set_defaults(func=_cmd_check_config)
 
     docs = sub.add_parser("config-docs", help="print the reference of every plugin's parameters")
@@ -545,9 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
     dlq.set_defaults(func=_cmd_dlq)
 
-    mapper = sub.add_parser(
-        "map", help="dry run: map Signal events (JSON lines) and print each result and why"
-    )
+    mapper = sub.add_parser("map", help="dry run: map Signal events (JSON lines) and print each result and why")
     mapper.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="JSON lines (default: stdin)")
     _add_mapping_options(mapper)
     mapper.set_defaults(func=_cmd_map)

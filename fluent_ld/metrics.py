@@ -40,9 +40,7 @@ def multiprocess_dir() -> str | None:
 _PLUGIN = ["plugin_id"]
 
 # -- records ------------------------------------------------------------------------------------------
-RECORDS_RECEIVED = Counter(
-    "fluentld_records_received_total", "Records a source received, or an output was given.", _PLUGIN
-)
+RECORDS_RECEIVED = Counter("fluentld_records_received_total", "Records a source received, or an output was given.", _PLUGIN)
 RECORDS_REJECTED = Counter(
     "fluentld_records_rejected_total",
     "Records refused before storing: invalid, unmapped (not in the preset), too_large, invalid_event (forward).",
@@ -53,14 +51,10 @@ RECORDS_DEAD_LETTERED = Counter(
     "Records moved to the dead-letter store, by reason (invalid, too_large, rejected, expired, schema).",
     ["plugin_id", "reason"],
 )
-RECORDS_DELIVERED = Counter(
-    "fluentld_records_delivered_total", "Records the destination acknowledged (LaunchDarkly 202, a forward ack).", _PLUGIN
-)
+RECORDS_DELIVERED = Counter("fluentld_records_delivered_total", "Records the destination acknowledged (LaunchDarkly 202, a forward ack).", _PLUGIN)
 
 # -- requests -----------------------------------------------------------------------------------------
-REQUESTS = Counter(
-    "fluentld_requests_total", "Requests sent, by HTTP status (error: no answer: timeout, refused, reset).", ["plugin_id", "status"]
-)
+REQUESTS = Counter("fluentld_requests_total", "Requests sent, by HTTP status (error: no answer: timeout, refused, reset).", ["plugin_id", "status"])
 RETRIES = Counter("fluentld_retries_total", "Batches scheduled for another attempt.", _PLUGIN)
 REQUEST_SECONDS = Histogram(
     "fluentld_request_duration_seconds",
@@ -103,9 +97,7 @@ OLDEST_PENDING_AGE = Gauge(
     _PLUGIN,
     multiprocess_mode="livemax",
 )
-STORE_WRITABLE = Gauge(
-    "fluentld_store_writable", "1 while the store's last commit succeeded and its folder is writable.", _PLUGIN, multiprocess_mode="livemin"
-)
+STORE_WRITABLE = Gauge("fluentld_store_writable", "1 while the store's last commit succeeded and its folder is writable.", _PLUGIN, multiprocess_mode="livemin")
 AUTH_ERROR = Gauge(
     "fluentld_output_auth_error",
     "0, or the status (401, 403, 404) while the output is paused waiting for a fixed token or key.",
@@ -114,9 +106,7 @@ AUTH_ERROR = Gauge(
 )
 
 # -- sources ------------------------------------------------------------------------------------------
-FORWARD_CONNECTIONS = Counter(
-    "fluentld_forward_connections_total", "Forward connections accepted, by worker.", ["plugin_id", "worker"]
-)
+FORWARD_CONNECTIONS = Counter("fluentld_forward_connections_total", "Forward connections accepted, by worker.", ["plugin_id", "worker"])
 FORWARD_OPEN = Gauge("fluentld_forward_open_connections", "Forward connections open now.", _PLUGIN, multiprocess_mode="livesum")
 FORWARD_ERRORS = Counter(
     "fluentld_forward_errors_total",
@@ -135,18 +125,19 @@ POOL_REQUESTS = Counter(
     "Forward requests of 4 KiB or more decoded, validated, mapped and encoded, by where: pool (a pool process) or inline (the event loop; smaller requests always are).",
     ["where"],
 )
-POOL_DEATHS = Counter(
-    "fluentld_pool_process_deaths_total", "Pool processes that died; the requests they held were not acked."
-)
-POOL_PROCESSES = Gauge(
-    "fluentld_pool_processes", "Pool processes ready to take requests.", multiprocess_mode="livesum"
-)
+POOL_DEATHS = Counter("fluentld_pool_process_deaths_total", "Pool processes that died; the requests they held were not acked.")
+POOL_PROCESSES = Gauge("fluentld_pool_processes", "Pool processes ready to take requests.", multiprocess_mode="livesum")
 
 
 # Gauges of one plugin, with the value that means "nothing to report".
 _PLUGIN_GAUGES = (
-    (PENDING_EVENTS, 0), (PENDING_BYTES, 0), (DEAD_LETTERS, 0), (OLDEST_PENDING_AGE, 0),
-    (STORE_WRITABLE, 1), (AUTH_ERROR, 0), (FORWARD_OPEN, 0),
+    (PENDING_EVENTS, 0),
+    (PENDING_BYTES, 0),
+    (DEAD_LETTERS, 0),
+    (OLDEST_PENDING_AGE, 0),
+    (STORE_WRITABLE, 1),
+    (AUTH_ERROR, 0),
+    (FORWARD_OPEN, 0),
 )
 
 

@@ -11,10 +11,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
-from fluent_ld.pipeline.admission import Admitted, Decoding, Encoded, Encoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf, Section
 from fluent_ld.forward.codec import Frame
+from fluent_ld.pipeline.admission import Admitted, Decoding, Encoded, Encoder
 
 __all__ = ["BufferFullError", "Entries", "Emitter", "Output", "Plugin", "Source", "StartError"]
 
@@ -138,7 +138,8 @@ class Output(Plugin):
         """Keep a record that cannot be processed, with the reason. Outputs without a store can
         only log it (loudly: it is not kept)."""
         self.log.error(
-            "A record for tag %r cannot be processed and this output keeps no dead letters; "
-            "it is dropped: %s. Record: %s",
-            tag, reason, record[:2000].decode("utf-8", "replace"),
+            "A record for tag %r cannot be processed and this output keeps no dead letters; it is dropped: %s. Record: %s",
+            tag,
+            reason,
+            record[:2000].decode("utf-8", "replace"),
         )

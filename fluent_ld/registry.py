@@ -76,8 +76,7 @@ def catalogue() -> Mapping[str, Mapping[str, PluginSpec]]:
     """Every plugin's declaration, by kind and type name, in the form config checking takes."""
     return {
         kind: {
-            name: PluginSpec(kind, name, cls.summary, cls.section, cls.check, getattr(cls, "served_once", False))
-            for name, cls in sorted(_types(kind).items())
+            name: PluginSpec(kind, name, cls.summary, cls.section, cls.check, getattr(cls, "served_once", False)) for name, cls in sorted(_types(kind).items())
         }
         for kind in BUILTIN
     }

@@ -95,6 +95,7 @@ class RunningNode:
 
     def call(self, fn, *args):
         """Run ``fn(*args)`` on the node's loop and return its result."""
+
         async def call():
             return fn(*args)
 

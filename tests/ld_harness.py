@@ -115,7 +115,7 @@ def start_node(console_script: str, conf: str, port: int, log) -> subprocess.Pop
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(f"the node exited with {proc.returncode}; see {log.name}")
+                raise AssertionError(f"the node exited with {proc.returncode}; see {log.name}") from None
             time.sleep(0.02)
     proc.kill()
     raise AssertionError("the node did not start listening")

@@ -16,9 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 class NodeProcess:
     def __init__(self, console_script: str, conf: str, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [console_script, "run", "-c", conf, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        self.proc = subprocess.Popen([console_script, "run", "-c", conf, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -55,7 +53,7 @@ class NodeProcess:
         finally:
             self._reader.join(5)
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         return self
 
     def __exit__(self, *exc) -> None:

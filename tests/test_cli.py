@@ -73,9 +73,7 @@ def test_check_config_refuses_a_syntax_error(console_script, tmp_path):
     conf.write_text("<source>\n  @type sample\n  tag a\n")
     result = run(console_script, "check-config", "-c", str(conf))
     assert result.returncode == 1
-    assert result.stderr.splitlines()[0] == (
-        f"{conf}:4: <source> opened at line 1 is never closed: expected </source> before the end of the file"
-    )
+    assert result.stderr.splitlines()[0] == (f"{conf}:4: <source> opened at line 1 is never closed: expected </source> before the end of the file")
 
 
 def test_check_config_of_a_missing_file(console_script, tmp_path):
@@ -86,7 +84,7 @@ def test_check_config_of_a_missing_file(console_script, tmp_path):
 
 def test_check_config_dump(console_script, tmp_path):
     conf = tmp_path / "d.conf"
-    conf.write_text('<source>\n  @type sample\n  tag "#{ENV[\'T\']}"\n</source>\n')
+    conf.write_text("<source>\n  @type sample\n  tag \"#{ENV['T']}\"\n</source>\n")
     result = run(console_script, "check-config", "--dump", "-c", str(conf), env={**os.environ, "T": "from.env"})
     assert result.returncode == 0, result.stderr
     assert "<source>\n  @type sample\n  tag from.env\n</source>\n" in result.stdout
@@ -133,9 +131,7 @@ def test_run_prints_records_and_stops_cleanly_on_sigterm(console_script, tmp_pat
             """
         )
     )
-    proc = subprocess.Popen(
-        [console_script, "run", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([console_script, "run", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
         assert first, proc.stderr.read()
@@ -169,10 +165,7 @@ def test_send_against_a_running_node(console_script, tmp_path):
     from harness import capture_node
 
     events = tmp_path / "events.jsonl"
-    events.write_text(
-        "\n".join(json.dumps({"type": "track", "event": "Signed Up", "user_id": f"u{i}"}) for i in range(25))
-        + "\n[1, 2]\n\n"
-    )
+    events.write_text("\n".join(json.dumps({"type": "track", "event": "Signed Up", "user_id": f"u{i}"}) for i in range(25)) + "\n[1, 2]\n\n")
     with capture_node() as n:
         result = run(console_script, "send", str(events), "--port", str(n.port), "--tag", "signal.backfill", "--rate", "500")
         assert result.returncode == 0, result.stderr

@@ -25,10 +25,7 @@ NO_IDENTITY = {"type": "track", "event": "Order Completed", "properties": {"reve
 
 def test_replay_and_purge_refuse_the_store_of_a_running_node_and_its_counters_stay_right(console_script, tmp_path):
     port, monitor = free_port(), free_port()
-    sources = (
-        f"<source>\n  @type forward\n  port {port}\n</source>\n"
-        f"<source>\n  @type monitor_agent\n  bind 127.0.0.1\n  port {monitor}\n</source>"
-    )
+    sources = f"<source>\n  @type forward\n  port {port}\n</source>\n<source>\n  @type monitor_agent\n  bind 127.0.0.1\n  port {monitor}\n</source>"
     conf = tmp_path / "node.conf"
     with ServerThread() as ld:
         ld.script(*([503] * 100_000))  # nothing is delivered: the events stay in the store
@@ -41,10 +38,7 @@ def test_replay_and_purge_refuse_the_store_of_a_running_node_and_its_counters_st
 
             def counters() -> tuple[float, float, float]:
                 samples = scrape(monitor)
-                return tuple(
-                    value(samples, f"fluentld_{name}", plugin_id="launchdarkly.0")
-                    for name in ("pending_events", "pending_bytes", "dead_letters")
-                )
+                return tuple(value(samples, f"fluentld_{name}", plugin_id="launchdarkly.0") for name in ("pending_events", "pending_bytes", "dead_letters"))
 
             until(lambda: counters()[0] == 2 and counters()[2] == 1, what="the node's counters")
             before = counters()
@@ -129,5 +123,7 @@ def test_a_forward_outputs_dead_letters_are_seen_and_replayed_as_they_were(conso
         records = b.wait_records(3)
         until(lambda: sender.output().store.pending_events == 0, what="the replayed records delivered")
     assert sorted((tag, t, r["n"]) for tag, t, r in records) == [
-        ("app.one", 1_700_000_000 * 10**9, 1), ("app.one", 1_700_000_000 * 10**9, 2), ("app.two", 1_700_000_000 * 10**9, 3)
+        ("app.one", 1_700_000_000 * 10**9, 1),
+        ("app.one", 1_700_000_000 * 10**9, 2),
+        ("app.two", 1_700_000_000 * 10**9, 3),
     ]

@@ -11,15 +11,23 @@ def run(cmd, *args, stdin=""):
     return subprocess.run([cmd, *args], input=stdin, capture_output=True, text=True, timeout=60)
 
 
-LINES = "\n".join(
-    json.dumps(r)
-    for r in [
-        {"type": "track", "event": "Order Completed", "anonymous_id": "a1", "timestamp": "2025-06-06T08:53:20Z",
-         "properties": {"order_id": "O-1", "revenue": 12.5}},
-        {"type": "track", "event": "Order Completed", "anonymous_id": "a1", "properties": {"revenue": "12"}},
-        {"type": "track", "event": "Coupon Applied", "user_id": "u1"},
-    ]
-) + "\nnot json\n"
+LINES = (
+    "\n".join(
+        json.dumps(r)
+        for r in [
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "anonymous_id": "a1",
+                "timestamp": "2025-06-06T08:53:20Z",
+                "properties": {"order_id": "O-1", "revenue": 12.5},
+            },
+            {"type": "track", "event": "Order Completed", "anonymous_id": "a1", "properties": {"revenue": "12"}},
+            {"type": "track", "event": "Coupon Applied", "user_id": "u1"},
+        ]
+    )
+    + "\nnot json\n"
+)
 
 
 def test_map_prints_events_and_reasons_then_a_summary(console_script):
@@ -77,10 +85,12 @@ def test_map_with_the_overrides_of_a_config(console_script, tmp_path):
 
 def test_a_bad_mapping_config_names_file_and_line(console_script, tmp_path):
     conf = tmp_path / "bad.conf"
-    conf.write_text('<match **>\n  @type launchdarkly\n  <event "Trial Started">\n    metric_value x\n  </event>\n  <context>\n    kind multi\n  </context>\n</match>\n')
+    conf.write_text(
+        '<match **>\n  @type launchdarkly\n  <event "Trial Started">\n    metric_value x\n  </event>\n  <context>\n    kind multi\n  </context>\n</match>\n'
+    )
     result = run(console_script, "map", "-c", str(conf), stdin="")
     assert result.returncode == 1
-    assert f"{conf}:3: <match **> @type launchdarkly: <event \"Trial Started\"> is not in the preset, so it needs a key" in result.stderr
+    assert f'{conf}:3: <match **> @type launchdarkly: <event "Trial Started"> is not in the preset, so it needs a key' in result.stderr
 
 
 def test_schema_prints_and_writes_valid_schemas(console_script, tmp_path):
@@ -94,8 +104,7 @@ def test_schema_prints_and_writes_valid_schemas(console_script, tmp_path):
     assert out.returncode == 0
     names = sorted(p.name for p in (tmp_path / "schemas").iterdir())
     assert names == sorted(
-        f"{n}.schema.json"
-        for n in ["envelope", "page_view", "sign_up", "product_viewed", "add_to_cart", "begin_checkout", "order_completed"]
+        f"{n}.schema.json" for n in ["envelope", "page_view", "sign_up", "product_viewed", "add_to_cart", "begin_checkout", "order_completed"]
     )
     missing = run(console_script, "schema", "--event", "Nope")
     assert missing.returncode == 1 and "no event 'Nope' in the preset" in missing.stderr

@@ -49,11 +49,13 @@ def test_replay_puts_the_events_back_and_deletes_their_letters_in_one_go(tmp_pat
     async def scenario():
         store = Store(str(tmp_path / "f.sqlite3"), b"", 0)
         await store.open()
-        await store.add_dead_letters([
-            DeadLetter("expired", "x", tag="a", event=b"\x01\x02"),
-            DeadLetter("expired", "x", tag="b", event=b"\x03"),
-            DeadLetter("invalid", "cannot be encoded", tag="a", record=b"{...}"),
-        ])
+        await store.add_dead_letters(
+            [
+                DeadLetter("expired", "x", tag="a", event=b"\x01\x02"),
+                DeadLetter("expired", "x", tag="b", event=b"\x03"),
+                DeadLetter("invalid", "cannot be encoded", tag="a", record=b"{...}"),
+            ]
+        )
         assert await replay(store, None, None, keep_tags=True) == (2, 1)
         assert (store.pending_events, store.pending_bytes, store.dead_letter_count) == (2, 3, 1)
         status = await store.status()

@@ -146,8 +146,8 @@ def test_plugins_read_only_declared_parameters(path, sections):
 
 
 def test_the_check_catches_a_typo(tmp_path):
-    from fluent_ld.outputs.buffer import BUFFER
     from fluent_ld.config.params import Param, String
+    from fluent_ld.outputs.buffer import BUFFER
 
     section = Section("match", "x", params=(Param("host", String(), "h", "x"),), sections=(BUFFER,))
     module = PACKAGE / "_typo_probe.py"

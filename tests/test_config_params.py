@@ -2,7 +2,7 @@
 
 import pytest
 
-from fluent_ld.config.errors import ConfigError
+from fluent_ld.config.errors import ConfigError, Where
 from fluent_ld.config.params import (
     REQUIRED,
     Arg,
@@ -14,15 +14,14 @@ from fluent_ld.config.params import (
     Integer,
     JSONValue,
     Param,
-    Section,
     Secret,
+    Section,
     Size,
     String,
     Time,
     validate_section,
 )
 from fluent_ld.config.parser import EvalContext, Value, parse
-from fluent_ld.config.errors import Where
 
 W = Where("t.conf", 3)
 
@@ -194,19 +193,21 @@ def test_every_error_is_reported_with_its_line():
 </match>
 """
     )
-    assert sorted(errors) == sorted([
-        "t.conf:2: <match x>: unknown parameter 'prot' (did you mean 'port'?)",
-        "t.conf:3: <match x>: parameter 'port': the value must be at least 1",
-        "t.conf:4: <match x>: parameter 'flag': expected true or false, got 'maybe'",
-        "t.conf:18: <match x>: parameter 'port' is given twice (first at line 3)",
-        "t.conf:1: <match x>: missing required parameter 'token'",
-        "t.conf:6: <match x> <buffer>: parameter 'flush_interval': expected a duration such as 500ms, 10s, 5m or 1h, got 'soon'",
-        "t.conf:7: <match x> <buffer>: unknown parameter 'flsh_interval' (did you mean 'flush_interval'?)",
-        "t.conf:16: <match x>: section <buffer> may appear only once (first at line 5)",
-        "t.conf:11: <match x> <event>: <event> needs its name as argument",
-        "t.conf:14: <match x> <transport udp>: protocol: expected one of tcp, tls; got 'udp'",
-        "t.conf:9: <match x>: section <buffr> is not allowed here (did you mean 'buffer'?); allowed: <buffer>, <event>, <transport>",
-    ])
+    assert sorted(errors) == sorted(
+        [
+            "t.conf:2: <match x>: unknown parameter 'prot' (did you mean 'port'?)",
+            "t.conf:3: <match x>: parameter 'port': the value must be at least 1",
+            "t.conf:4: <match x>: parameter 'flag': expected true or false, got 'maybe'",
+            "t.conf:18: <match x>: parameter 'port' is given twice (first at line 3)",
+            "t.conf:1: <match x>: missing required parameter 'token'",
+            "t.conf:6: <match x> <buffer>: parameter 'flush_interval': expected a duration such as 500ms, 10s, 5m or 1h, got 'soon'",
+            "t.conf:7: <match x> <buffer>: unknown parameter 'flsh_interval' (did you mean 'flush_interval'?)",
+            "t.conf:16: <match x>: section <buffer> may appear only once (first at line 5)",
+            "t.conf:11: <match x> <event>: <event> needs its name as argument",
+            "t.conf:14: <match x> <transport udp>: protocol: expected one of tcp, tls; got 'udp'",
+            "t.conf:9: <match x>: section <buffr> is not allowed here (did you mean 'buffer'?); allowed: <buffer>, <event>, <transport>",
+        ]
+    )
 
 
 def test_section_without_argument_refuses_one():
@@ -216,7 +217,7 @@ def test_section_without_argument_refuses_one():
 
 def test_a_bad_secret_is_never_echoed():
     spec = Section("match", "t", params=(Param("key", Integer(), REQUIRED, "k", secret=True),))
-    _, errors = check('<match x>\n  key "#{ENV[\'K\']}"\n</match>\n', spec, env={"K": "s3cr3t-value"})
+    _, errors = check("<match x>\n  key \"#{ENV['K']}\"\n</match>\n", spec, env={"K": "s3cr3t-value"})
     assert errors == ["t.conf:2: <match x>: parameter 'key': invalid value (not shown: secret)"]
     assert "s3cr3t" not in "".join(errors)
 

@@ -410,7 +410,7 @@ def test_comments_on_their_own_lines_anywhere():
         ('"\\"\\\'\\\\\\n\\r\\t\\f\\b"', "\"'\\\n\r\t\f\b"),
         ('"a\\.b"', "a.b"),  # a symbol escape stands for itself
         ('"\\/\\-\\[\\]\\ "', "/-[] "),
-        ('"\\#{ENV[\'NAME\']}"', "#{ENV['NAME']}"),  # an escaped '#' is no embedded code
+        ("\"\\#{ENV['NAME']}\"", "#{ENV['NAME']}"),  # an escaped '#' is no embedded code
         ('"a # b"', "a # b"),  # not cut at ' #'
         ('"a#b"', "a#b"),
         ('"  padded  "', "  padded  "),
@@ -450,9 +450,7 @@ def test_single_quoted_strings(written, expected):
 
 @pytest.mark.parametrize("letter", ["q", "a", "z", "x", "u", "N", "1", "9"])
 def test_an_unknown_alphanumeric_escape_is_an_error(letter):
-    assert error(f'a 1\nk "ab\\{letter}c"\n') == (
-        f"t.conf:2: unknown escape '\\{letter}' in a double-quoted string"
-    )
+    assert error(f'a 1\nk "ab\\{letter}c"\n') == (f"t.conf:2: unknown escape '\\{letter}' in a double-quoted string")
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
@@ -500,8 +498,8 @@ def test_a_double_quoted_value_may_span_lines(newline):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('a 1\nk "abc', 't.conf:2: unterminated double-quoted string'),
-        ('a 1\nk "abc\n', 't.conf:2: unterminated double-quoted string'),
+        ('a 1\nk "abc', "t.conf:2: unterminated double-quoted string"),
+        ('a 1\nk "abc\n', "t.conf:2: unterminated double-quoted string"),
         ('a 1\nk "abc\nb 2\nc 3\n', "t.conf:2: unterminated double-quoted string"),
         ('a 1\nk "abc\\"\n', "t.conf:2: unterminated double-quoted string"),
         ("a 1\nk 'abc\nb 2\n", "t.conf:2: unterminated single-quoted string"),  # single: one line
@@ -538,12 +536,12 @@ def test_text_after_a_quoted_value_is_an_error(text, message):
         ('[1, "two", 3.5, true, null]', [1, "two", 3.5, True, None], '[1,"two",3.5,true,null]'),
         ('["a", "b"]', ["a", "b"], '["a","b"]'),
         ('{"a": 1, "b": [1, {"c": "d"}]}', {"a": 1, "b": [1, {"c": "d"}]}, '{"a":1,"b":[1,{"c":"d"}]}'),
-        ('  [1,2]  # a comment after', [1, 2], "[1,2]"),
+        ("  [1,2]  # a comment after", [1, 2], "[1,2]"),
         ('["a # b", "c#d"]', ["a # b", "c#d"], '["a # b","c#d"]'),
         ('["]", "}", "[{"]', ["]", "}", "[{"], '["]","}","[{"]'),
         ('["esc\\"aped", "back\\\\slash"]', ['esc"aped', "back\\slash"], '["esc\\"aped","back\\\\slash"]'),
         ('["caf\u00e9"]', ["caf\u00e9"], '["caf\u00e9"]'),
-        ('["#{ENV[\'NAME\']}"]', ["#{ENV['NAME']}"], '["#{ENV[\'NAME\']}"]'),  # no "#{}" in JSON
+        ("[\"#{ENV['NAME']}\"]", ["#{ENV['NAME']}"], "[\"#{ENV['NAME']}\"]"),  # no "#{}" in JSON
     ],
 )
 def test_json_values(written, decoded, text):
@@ -610,7 +608,7 @@ def test_json_errors(text, message):
 
 def test_invalid_multiline_json_names_the_offending_line():
     # A multi-line JSON value that closes but does not decode: the line inside it that is wrong.
-    text = 'a 1\nk [\n  1,\n  2 3,\n  4\n]\n'
+    text = "a 1\nk [\n  1,\n  2 3,\n  4\n]\n"
     assert error(text) == "t.conf:4: invalid JSON array: Expecting ',' delimiter"
 
 
@@ -656,7 +654,7 @@ def test_embedded_code(written, expected):
 @pytest.mark.parametrize(
     "line, expected",
     [
-        ("k '#{ENV[\"NAME\"]}'", "#{ENV[\"NAME\"]}"),
+        ("k '#{ENV[\"NAME\"]}'", '#{ENV["NAME"]}'),
         ("k 'Bearer #{ENV[\\'T\\']}'", "Bearer #{ENV['T']}"),
         ("k Bearer-#{ENV['T']}", "Bearer-#{ENV['T']}"),
         ("k Bearer #{ENV['T']}", "Bearer"),  # unquoted, ' #' starts a comment
@@ -675,9 +673,7 @@ def test_an_unset_variable_is_an_error_naming_it_and_its_line():
 
 
 def test_fetch_without_a_default_of_an_unset_variable_is_an_error():
-    assert error("a 1\nb 2\nk \"#{ENV.fetch('MISSING')}\"\n") == (
-        "t.conf:3: environment variable 'MISSING' is not set and has no default"
-    )
+    assert error("a 1\nb 2\nk \"#{ENV.fetch('MISSING')}\"\n") == ("t.conf:3: environment variable 'MISSING' is not set and has no default")
 
 
 @pytest.mark.parametrize(
@@ -700,9 +696,7 @@ def test_other_embedded_code_is_refused(code):
 
 
 def test_unterminated_embedded_code_is_an_error():
-    assert error("a 1\nk \"#{ENV['NAME']\"\n") == (
-        "t.conf:2: unterminated '#{' in a double-quoted string"
-    )
+    assert error("a 1\nk \"#{ENV['NAME']\"\n") == ("t.conf:2: unterminated '#{' in a double-quoted string")
 
 
 # -- line numbers and structural errors --------------------------------------------------------------
@@ -713,13 +707,11 @@ def test_unterminated_embedded_code_is_an_error():
     [
         (
             "<source>\n  @type x\n",
-            "t.conf:3: <source> opened at line 1 is never closed: "
-            "expected </source> before the end of the file",
+            "t.conf:3: <source> opened at line 1 is never closed: expected </source> before the end of the file",
         ),
         (
             "a 1\n<match a>\n  <buffer>\n  </buffer>\n",
-            "t.conf:5: <match> opened at line 2 is never closed: "
-            "expected </match> before the end of the file",
+            "t.conf:5: <match> opened at line 2 is never closed: expected </match> before the end of the file",
         ),
         ("<source>\n  @type x\n</match>\n", "t.conf:3: </match> does not match <source> opened at line 1"),
         (
@@ -1059,7 +1051,7 @@ def test_read_tree_includes_real_files(tmp_path):
 
 # -- robustness: any text gives a tree or a ConfigSyntaxError, nothing else --------------------------
 
-ALPHABET = '<>/"\'#{}[]\n @abc=\\'
+ALPHABET = "<>/\"'#{}[]\n @abc=\\"
 
 
 def parses_or_refuses(text: str) -> None:
@@ -1090,7 +1082,7 @@ def test_random_text_parses_or_raises_a_syntax_error_seeded():
     rng = random.Random(20240601)
     for _ in range(2000):
         parses_or_refuses("".join(rng.choice(ALPHABET) for _ in range(rng.randrange(80))))
-    base = dedent(NESTED) + "k [1, {\"a\": \"#\"}]\nm \"#{ENV['NAME']} \\n\"\n@include abc\n"
+    base = dedent(NESTED) + 'k [1, {"a": "#"}]\nm "#{ENV[\'NAME\']} \\n"\n@include abc\n'
     for _ in range(2000):
         chars = list(base)
         for _ in range(rng.randrange(1, 6)):

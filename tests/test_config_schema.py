@@ -6,7 +6,7 @@ import pytest
 
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load, load_text
-from fluent_ld.config.params import REQUIRED, Param, Section, Secret, String
+from fluent_ld.config.params import REQUIRED, Param, Secret, Section, String
 from fluent_ld.config.parser import EvalContext, parse
 from fluent_ld.config.schema import PluginSpec, validate_root
 
@@ -106,9 +106,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_missing_required_parameter_names_the_section_line():
-    assert errors_of("\n<source>\n  @type sample\n</source>\n") == [
-        "node.conf:2: <source> @type sample: missing required parameter 'tag'"
-    ]
+    assert errors_of("\n<source>\n  @type sample\n</source>\n") == ["node.conf:2: <source> @type sample: missing required parameter 'tag'"]
 
 
 def test_cross_parameter_check_of_a_plugin():
@@ -121,9 +119,9 @@ def test_cross_parameter_check_of_a_plugin():
 
 
 def test_duplicate_ids_are_refused():
-    assert errors_of(
-        "<match a>\n  @type null\n  @id out\n</match>\n<match b>\n  @type null\n  @id out\n</match>\n"
-    ) == ["node.conf:7: @id 'out' is used twice (first at line 1)"]
+    assert errors_of("<match a>\n  @type null\n  @id out\n</match>\n<match b>\n  @type null\n  @id out\n</match>\n") == [
+        "node.conf:7: @id 'out' is used twice (first at line 1)"
+    ]
 
 
 def test_generated_ids_skip_explicit_ones():
@@ -163,7 +161,7 @@ SECRET_CATALOGUE = {
 
 
 def test_secrets_from_the_environment_are_masked_in_values_and_dumps():
-    text = '<match signal.**>\n  @type vault\n  access_token "#{ENV[\'LD_TOKEN\']}"\n  project_key default\n</match>\n'
+    text = "<match signal.**>\n  @type vault\n  access_token \"#{ENV['LD_TOKEN']}\"\n  project_key default\n</match>\n"
     root = parse(text, "node.conf", EvalContext({"LD_TOKEN": "api-123-very-secret"}))
     config = validate_root(root, SECRET_CATALOGUE)
     conf = config.matches[0].conf
@@ -182,9 +180,7 @@ def test_load_reads_includes_from_disk(tmp_path):
     (tmp_path / "conf.d" / "20-source.conf").write_text("<source>\n  @type sample\n  tag b\n  rte 3\n</source>\n")
     with pytest.raises(ConfigErrors) as exc:
         load(str(tmp_path / "main.conf"))
-    assert [str(e) for e in exc.value.errors] == [
-        f"{tmp_path}/conf.d/20-source.conf:4: <source> @type sample: unknown parameter 'rte' (did you mean 'rate'?)"
-    ]
+    assert [str(e) for e in exc.value.errors] == [f"{tmp_path}/conf.d/20-source.conf:4: <source> @type sample: unknown parameter 'rte' (did you mean 'rate'?)"]
 
 
 def test_load_of_a_missing_file_is_a_clear_error(tmp_path):

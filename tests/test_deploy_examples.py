@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import EXAMPLE_ENV
 
 from fluent_ld.config.errors import Where
 from fluent_ld.config.params import Size
 from fluent_ld.config.parser import Element, EvalContext, Value, parse
 from fluent_ld.pipeline.router import MatchPattern
-
-from test_cli import EXAMPLE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -472,10 +471,7 @@ def test_kubernetes_kinds(k8s):
 def test_kubernetes_keeps_a_store_per_node_across_restarts(k8s):
     workload, pod, container = k8s["workload"], k8s["pod"], k8s["container"]
     buffer_paths = [
-        text(buffer, "path")
-        for match in sections(k8s["config"], "match")
-        for buffer in sections(match, "buffer")
-        if text(buffer, "@type", "file") == "file"
+        text(buffer, "path") for match in sections(k8s["config"], "match") for buffer in sections(match, "buffer") if text(buffer, "@type", "file") == "file"
     ]
     assert buffer_paths, "a file buffer"
     claim_templates = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}

@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
-
 from harness import RawClient, forward_request
-from ld_harness import ServerThread, free_port, ld_config, start_node as start_with_log
+from ld_harness import ServerThread, free_port, ld_config
+from ld_harness import start_node as start_with_log
 
 TOKEN = "api-test-token"
 
@@ -179,8 +179,10 @@ def test_backpressure_slows_the_client_without_disconnecting_it(tmp_path):
 
     with ServerThread() as ld:
         ld.script(*([503] * 100_000))  # LaunchDarkly is down
-        text = open(node_config(tmp_path, ld.url, 0)).read().replace(
-            "flush_interval 50ms", "flush_interval 50ms\n    total_limit_size 64k\n    high_watermark 32k\n    low_watermark 16k"
+        text = (
+            open(node_config(tmp_path, ld.url, 0))
+            .read()
+            .replace("flush_interval 50ms", "flush_interval 50ms\n    total_limit_size 64k\n    high_watermark 32k\n    low_watermark 16k")
         )
         with RunningNode(text) as n, RawClient(n.port) as c:
             acked = 0

@@ -7,14 +7,13 @@ import logging
 import struct
 
 import pytest
+from ld_harness import ld_node, order, until
 from prometheus_client import REGISTRY
 
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load_text
-from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.forward import REPLY_LIMIT
-
-from ld_harness import ld_node, order, until
+from fluent_ld.pipeline.node import Node
 
 T = 1_795_000_000_000_000_000
 
@@ -90,6 +89,7 @@ def test_the_forward_output_refuses_watermarks_in_the_wrong_order():
 def test_a_receiver_that_never_completes_its_reply_is_dropped_not_buffered(tmp_path, caplog):
     """A server that answers a request with an endless bin32 (a 1 GiB length, then bytes): the
     output stops reading at REPLY_LIMIT, fails that attempt and tries again."""
+
     async def scenario():
         sent = []
 
@@ -128,6 +128,7 @@ def test_a_receiver_that_never_completes_its_reply_is_dropped_not_buffered(tmp_p
 def test_a_wake_up_during_a_drain_cycle_is_not_lost(tmp_path):
     """A commit that lands while the drain is busy in its store calls starts the next cycle at
     once; the drain must not clear it afterwards and sleep its full wait (up to a second)."""
+
     async def scenario():
         async with ld_node(tmp_path, buffer="flush_interval 10s\n    chunk_limit_records 1") as (node, out, ld):
             cut = out.store.cut_batches

@@ -23,20 +23,19 @@ import random
 import textwrap
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import orjson
 import pytest
 from aiohttp import web
+from ld_harness import TOKEN, order, until
 from prometheus_client import REGISTRY
 
 from fluent_ld.config.loader import load_text
 from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
-from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
-
-from ld_harness import TOKEN, order, until
+from fluent_ld.pipeline.node import Node
 
 T = 1_795_000_000_000_000_000
 WAIT, MAX_INTERVAL = 0.05, 0.3  # retry_wait 50ms, retry_max_interval 300ms in the live tests
@@ -185,7 +184,7 @@ def retry_after_seconds(out) -> float:
 
 
 def http_date(when: float) -> str:
-    return format_datetime(datetime.fromtimestamp(when, timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(when, UTC), usegmt=True)
 
 
 # -- 1. a long outage -----------------------------------------------------------------------------------
@@ -258,7 +257,7 @@ def test_retry_after_values():
 def test_retry_after_dates_in_the_obsolete_formats_are_gmt_whatever_the_local_time_zone():
     """HTTP-date has three forms (RFC 9110 5.6.7), all GMT; asctime's carries no zone and the
     email parser returns it naive, which .timestamp() would read as local time."""
-    now = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+    now = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC).timestamp()
     forms = ("Tue, 24 Nov 2026 12:00:30 GMT", "Tuesday, 24-Nov-26 12:00:30 GMT", "Tue Nov 24 12:00:30 2026", "Tue, 24 Nov 2026 12:00:30 -0000")
     saved = os.environ.get("TZ")
     try:
@@ -290,7 +289,7 @@ def test_a_long_503_outage_backs_off_capped_and_delivers_promptly_once_it_ends(t
             ended = time.time()
             await nothing_lost(out, ld, producer.n)
 
-            for payload_id, requests in by_payload(ld).items():
+            for requests in by_payload(ld).values():
                 times = [r.time for r in requests]
                 statuses = [r.status for r in requests]
                 assert statuses[-1] == 202 and set(statuses[:-1]) == {503}
@@ -374,8 +373,14 @@ def test_connections_reset_mid_body_and_answers_lost_after_acceptance(tmp_path):
     async def scenario():
         async with far_node(tmp_path, records=40, concurrency=2) as (node, out, ld, attempts):
             ld.script(
-                Fault(cut=1000), Fault(cut=1), Fault(cut=0), Fault(drop=True),
-                Fault(drop=True, late=True), Fault(cut=4000), Fault(drop=True, late=True), Fault(cut=2500),
+                Fault(cut=1000),
+                Fault(cut=1),
+                Fault(cut=0),
+                Fault(drop=True),
+                Fault(drop=True, late=True),
+                Fault(cut=4000),
+                Fault(drop=True, late=True),
+                Fault(cut=2500),
             )
             producer = Producer(node)
             await producer.emit(120)  # three batches of ~6.5 kB
@@ -448,7 +453,7 @@ def test_a_429_storm_with_many_requests_in_flight(tmp_path):
             await producer.emit(20)  # ten batches, four in flight at once
             await nothing_lost(out, ld, producer.n, timeout=40)
 
-            for payload_id, requests in by_payload(ld).items():
+            for requests in by_payload(ld).values():
                 for before, after in zip(requests, requests[1:]):
                     if before.status == 429:
                         assert after.time - before.time >= 1.0  # this payload waited its Retry-After
@@ -501,9 +506,7 @@ def test_a_401_from_a_request_in_flight_never_cuts_a_retry_after_pause_short(tmp
             assert [r.status for r in ld.requests[:3]] == ([429, 401, 202] if first == "429" else [401, 429, 202])
             # The three were in flight before the 429; everything after waited for its end.
             assert [r.status for r in ld.requests[3:]] == [202, 202]
-            assert all(r.time >= asked.time + 2 for r in ld.requests[3:]), [
-                (round(r.time - asked.time, 3), r.status) for r in ld.requests
-            ]
+            assert all(r.time >= asked.time + 2 for r in ld.requests[3:]), [(round(r.time - asked.time, 3), r.status) for r in ld.requests]
             assert out.auth_error is None
 
     run(scenario())
@@ -516,16 +519,19 @@ def test_a_pause_that_comes_while_the_store_is_read_holds_the_batches_already_re
     async def scenario():
         async with far_node(tmp_path, records=1, concurrency=4) as (node, out, ld, attempts):
             ld.script(Fault(delay=0.1, status=429, headers={"Retry-After": "2"}))
-            producer = Producer(node)
-            await producer.emit(1)
-            await until(lambda: attempts.active == 1)  # the first batch is in flight, its answer coming
             real_cut = out.store.cut_batches
 
             async def slow_cut(*args, **kwargs):
                 await asyncio.sleep(0.6)  # a loaded disk
                 return await real_cut(*args, **kwargs)
 
+            # Slow from the start: an event emitted later can only be cut by a cycle that began
+            # after it (a cut already under way could take it in the same writer group, and its
+            # batch would go out before the 429 came back).
             out.store.cut_batches = slow_cut
+            producer = Producer(node)
+            await producer.emit(1)
+            await until(lambda: attempts.active == 1)  # the first batch is in flight, its answer coming
             await producer.emit(1)  # the drain wakes, finds no pause, and reads the store slowly
             await until(lambda: ld.requests)
             await asyncio.sleep(0.8)
@@ -534,9 +540,7 @@ def test_a_pause_that_comes_while_the_store_is_read_holds_the_batches_already_re
 
             asked = ld.requests[0]
             assert asked.status == 429
-            assert all(r.time >= asked.time + 2 for r in ld.requests[1:]), [
-                (round(r.time - asked.time, 3), r.status) for r in ld.requests
-            ]
+            assert all(r.time >= asked.time + 2 for r in ld.requests[1:]), [(round(r.time - asked.time, 3), r.status) for r in ld.requests]
 
     run(scenario())
 
@@ -651,10 +655,12 @@ def test_everything_mixed_in_one_seeded_run(tmp_path):
                     resets = [Fault(cut=rng.randint(0, 900)), Fault(drop=True), Fault(drop=True, late=True)]
                     ld.script(*[rng.choice(resets) for _ in range(rng.randint(1, 3))])
                 elif kind == "storm":
-                    ld.script(*[
-                        Fault(status=429, headers={"Retry-After": "1" if rng.random() < 0.5 else http_date(math.ceil(time.time()) + 1)})
-                        for _ in range(rng.randint(1, 4))
-                    ])
+                    ld.script(
+                        *[
+                            Fault(status=429, headers={"Retry-After": "1" if rng.random() < 0.5 else http_date(math.ceil(time.time()) + 1)})
+                            for _ in range(rng.randint(1, 4))
+                        ]
+                    )
                 elif kind == "refuse":
                     await ld.stop()
                     down = time.time()

@@ -34,13 +34,13 @@ import zlib
 import msgpack
 import pytest
 import zstandard
+from harness import RawClient, RunningNode, forward_request
+from test_forward_security import connect, ping
 
 from fluent_ld import metrics
 from fluent_ld.forward.codec import NEED_DATA, Decoder, DecoderLimits, ProtocolError
 from fluent_ld.sources import forward_connection
 from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, Pause, State
-from harness import RawClient, RunningNode, forward_request
-from test_forward_security import connect, ping
 
 HOST = "127.0.0.1"
 MAX_GAP = 2.0  # the longest the steady client may wait between two acks, attack or not
@@ -451,10 +451,7 @@ def test_clients_that_never_read_their_acks_are_paused_with_bounded_memory_then_
 
             # Every one of them is paused because it does not read (not merely awaiting admits).
             def states() -> list:
-                return [
-                    (x.state.name, sorted(r.name for r in x.pause_reasons), len(x.pending), x.transport.get_write_buffer_size())
-                    for x in conns
-                ]
+                return [(x.state.name, sorted(r.name for r in x.pause_reasons), len(x.pending), x.transport.get_write_buffer_size()) for x in conns]
 
             wait_until(
                 lambda: n.call(lambda: all(x.state is State.OPEN and Pause.WRITING in x.pause_reasons for x in conns)),
@@ -470,9 +467,7 @@ def test_clients_that_never_read_their_acks_are_paused_with_bounded_memory_then_
             before = slow_records()
             worst_pending = worst_buffer = 0
             for _ in range(20):  # a second of watching them while they do not read
-                pending, buffered = n.call(
-                    lambda: (max(len(x.pending) for x in conns), max(x.transport.get_write_buffer_size() for x in conns))
-                )
+                pending, buffered = n.call(lambda: (max(len(x.pending) for x in conns), max(x.transport.get_write_buffer_size() for x in conns)))
                 worst_pending = max(worst_pending, pending)
                 worst_buffer = max(worst_buffer, buffered)
                 time.sleep(0.05)
@@ -744,6 +739,7 @@ def test_a_decoder_builds_nothing_for_a_request_still_incomplete():
     for _ in range(899):
         value = value[0]
     assert value == [1]
+
 
 def test_requests_of_many_tiny_compressed_members_are_decoded_without_stalling_the_node():
     """Valid CompressedPackedForward requests made of hundreds of thousands of empty gzip members

@@ -18,12 +18,12 @@ import threading
 import time
 
 import pytest
+from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
+from test_forward_security import SECURE, connect, ping
 
 from fluent_ld.plugin import BufferFullError
 from fluent_ld.sources import forward_connection
 from fluent_ld.sources.forward_connection import MAX_PENDING_REQUESTS, PENDING_ALWAYS, ForwardConnection, Pause
-from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
-from test_forward_security import SECURE, connect, ping
 
 BASE = CAPTURE_CONF
 node = capture_node

@@ -81,17 +81,24 @@ GOLDEN = {
     # group markers around them, options size/chunk/fluent_signal 0.
     "fluent-bit-forward-v1.5": (
         b"\x93\xa8app.logs\x93"
-        + b"\x92\x92" + MARKER + b"\x80\x80"
-        + b"\x92\x92" + ET + b"\x80" + fixmap_record(log="hello")
-        + b"\x92\x92" + bytes.fromhex("d700") + struct.pack(">II", 0xFFFFFFFE, 0) + b"\x80\x80"
+        + b"\x92\x92"
+        + MARKER
+        + b"\x80\x80"
+        + b"\x92\x92"
+        + ET
+        + b"\x80"
+        + fixmap_record(log="hello")
+        + b"\x92\x92"
+        + bytes.fromhex("d700")
+        + struct.pack(">II", 0xFFFFFFFE, 0)
+        + b"\x80\x80"
         + b"\x83\xa4size\x01\xa5chunk\xb8MDEyMzQ1Njc4OWFiY2RlZg==\xadfluent_signal\x00",
         Request("app.logs", [(T * 10**9 + 123_456_789, {"log": "hello"})], "MDEyMzQ1Njc4OWFiY2RlZg==", "forward", markers=2),
     ),
     # Fluentd out_forward: PackedForward with the entries as str32 holding raw msgpack, and a
     # chunk id from Base64.encode64 (with its trailing newline).
     "fluentd-packed-str32": (
-        b"\x93\xa8app.logs" + str32(ENTRY_A + ENTRY_B)
-        + b"\x82\xa4size\x02\xa5chunk\xbdWUFDSElZQU5ZQVJET1lBUkRPWQ==\n",
+        b"\x93\xa8app.logs" + str32(ENTRY_A + ENTRY_B) + b"\x82\xa4size\x02\xa5chunk\xbdWUFDSElZQU5ZQVJET1lBUkRPWQ==\n",
         Request(
             "app.logs",
             [(T * 10**9, {"message": "a"}), (T * 10**9 + 123_456_789, {"message": "b"})],
@@ -126,8 +133,7 @@ def zstd_frames(*parts: bytes) -> bytes:
 
 for _name, _blob in (("gzip", gzip_members(ENTRY_A, ENTRY_B)), ("zstd", zstd_frames(ENTRY_A, ENTRY_B))):
     GOLDEN[f"compressed-{_name}-several"] = (
-        b"\x93\xa3a.b" + msgpack.packb(_blob, use_bin_type=True)
-        + msgpack.packb({"compressed": _name, "chunk": "k1"}),
+        b"\x93\xa3a.b" + msgpack.packb(_blob, use_bin_type=True) + msgpack.packb({"compressed": _name, "chunk": "k1"}),
         Request(
             "a.b",
             [(T * 10**9, {"message": "a"}), (T * 10**9 + 123_456_789, {"message": "b"})],
@@ -139,10 +145,13 @@ for _name, _blob in (("gzip", gzip_members(ENTRY_A, ENTRY_B)), ("zstd", zstd_fra
 
 def same(actual, expected) -> bool:
     if isinstance(expected, Request):
-        return (
-            isinstance(actual, Request)
-            and (actual.tag, actual.entries, actual.chunk, actual.mode, actual.invalid, actual.markers)
-            == (expected.tag, expected.entries, expected.chunk, expected.mode, expected.invalid, expected.markers)
+        return isinstance(actual, Request) and (actual.tag, actual.entries, actual.chunk, actual.mode, actual.invalid, actual.markers) == (
+            expected.tag,
+            expected.entries,
+            expected.chunk,
+            expected.mode,
+            expected.invalid,
+            expected.markers,
         )
     return actual == expected
 
@@ -184,9 +193,7 @@ def test_ack_keeps_type_and_bytes(chunk, wire):
 
 
 def test_invalid_entries_are_skipped_and_counted():
-    wire = msgpack.packb(
-        ["a", [[1, {"ok": 1}], [1, "not a map"], ["yesterday", {}], [1], "x", [-5, {}], [2, {"ok": 2}]]]
-    )
+    wire = msgpack.packb(["a", [[1, {"ok": 1}], [1, "not a map"], ["yesterday", {}], [1], "x", [-5, {}], [2, {"ok": 2}]]])
     (request,) = decode_all(wire)
     assert request.entries == [(10**9, {"ok": 1}), (2 * 10**9, {"ok": 2})]
     assert request.invalid == 5
@@ -204,9 +211,7 @@ def test_ping_with_salt_as_str_or_bin():
 def test_handshake_messages():
     helo = msgpack.unpackb(encode_helo(b"n" * 16, b"", True), raw=False)
     assert helo == ["HELO", {"nonce": b"n" * 16, "auth": b"", "keepalive": True}]
-    assert msgpack.unpackb(encode_pong(False, "shared key mismatch", "", ""), raw=False) == [
-        "PONG", False, "shared key mismatch", "", ""
-    ]
+    assert msgpack.unpackb(encode_pong(False, "shared key mismatch", "", ""), raw=False) == ["PONG", False, "shared key mismatch", "", ""]
 
 
 def test_event_time_round_trip():
@@ -290,9 +295,7 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data):
         pass
 
 
-records = st.dictionaries(
-    st.text(max_size=8), st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=20), st.booleans(), st.none()), max_size=5
-)
+records = st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=20), st.booleans(), st.none()), max_size=5)
 times = st.integers(min_value=1, max_value=2**32 - 3)
 
 

@@ -66,22 +66,34 @@ def test_good_ping_gets_a_pong_the_client_can_verify(salt, as_str):
         (SEC, "127.0.0.1", dict(key="wrong"), "shared_key mismatch"),
         (SEC, "127.0.0.1", dict(hostname="fluent-ld"), "same hostname between input and output: invalid configuration"),
         (
-            Security("fluent-ld", "k3y", allow_anonymous_source=False,
-                     clients=(Client((ipaddress.ip_network("10.0.0.0/8"),)),)),
-            "127.0.0.1", {}, "anonymous source host '127.0.0.1' denied",
+            Security("fluent-ld", "k3y", allow_anonymous_source=False, clients=(Client((ipaddress.ip_network("10.0.0.0/8"),)),)),
+            "127.0.0.1",
+            {},
+            "anonymous source host '127.0.0.1' denied",
         ),
         (
             Security("fluent-ld", "k3y", user_auth=True, users=(User("alice", "pw"),)),
-            "127.0.0.1", dict(user="alice", password="nope"), "username/password mismatch",
+            "127.0.0.1",
+            dict(user="alice", password="nope"),
+            "username/password mismatch",
         ),
         (
             Security("fluent-ld", "k3y", user_auth=True, users=(User("alice", "pw"),)),
-            "127.0.0.1", dict(user="bob", password="pw"), "username/password mismatch",
+            "127.0.0.1",
+            dict(user="bob", password="pw"),
+            "username/password mismatch",
         ),
         (
-            Security("fluent-ld", "k3y", user_auth=True, users=(User("alice", "pw"), User("bob", "pw2")),
-                     clients=(Client((ipaddress.ip_network("127.0.0.0/8"),), users=("alice",)),)),
-            "127.0.0.1", dict(user="bob", password="pw2"), "username/password mismatch",
+            Security(
+                "fluent-ld",
+                "k3y",
+                user_auth=True,
+                users=(User("alice", "pw"), User("bob", "pw2")),
+                clients=(Client((ipaddress.ip_network("127.0.0.0/8"),), users=("alice",)),),
+            ),
+            "127.0.0.1",
+            dict(user="bob", password="pw2"),
+            "username/password mismatch",
         ),
     ],
     ids=["wrong-key", "same-hostname", "denied-network", "bad-password", "unknown-user", "user-not-allowed-for-client"],
@@ -94,8 +106,10 @@ def test_refusals(security, peer, ping, reason):
 
 def test_user_auth_and_per_client_shared_key():
     security = Security(
-        "fluent-ld", "global",
-        user_auth=True, users=(User("alice", "pw"),),
+        "fluent-ld",
+        "global",
+        user_auth=True,
+        users=(User("alice", "pw"),),
         allow_anonymous_source=False,
         clients=(Client((ipaddress.ip_network("192.168.0.0/16"), ipaddress.ip_network("::1/128")), shared_key="per-client"),),
     )

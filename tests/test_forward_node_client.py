@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from harness import CAPTURE_CONF, RunningNode
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -25,9 +24,7 @@ if not node_client_available():
 
 
 def send(**opts) -> None:
-    result = subprocess.run(
-        ["node", str(NODE_DIR / "send.js"), json.dumps(opts)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["node", str(NODE_DIR / "send.js"), json.dumps(opts)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"sent {opts['count']}"
 

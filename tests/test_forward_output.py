@@ -20,9 +20,7 @@ def free_port() -> int:
 
 
 def receiver(port: int, security: str = "") -> RunningNode:
-    return RunningNode(
-        f"<source>\n  @type forward\n  port {port}\n  {security}\n</source>\n<match **>\n  @type capture\n</match>\n"
-    )
+    return RunningNode(f"<source>\n  @type forward\n  port {port}\n  {security}\n</source>\n<match **>\n  @type capture\n</match>\n")
 
 
 def sender(tmp_path, servers: str, extra: str = "", security: str = "") -> RunningNode:
@@ -60,13 +58,15 @@ def server(port: int, extra: str = "") -> str:
 
 def webhook(node: RunningNode, n: int) -> int:
     body = json.dumps(
-        {"_id": f"id-{n}", "date": 1_749_200_000_000 + n, "kind": "flag",
-         "accesses": [{"action": "updateOn", "resource": "proj/default:env/production:flag/f"}]}
+        {
+            "_id": f"id-{n}",
+            "date": 1_749_200_000_000 + n,
+            "kind": "flag",
+            "accesses": [{"action": "updateOn", "resource": "proj/default:env/production:flag/f"}],
+        }
     ).encode()
     signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{node.source.port}/launchdarkly/webhook", data=body, headers={"X-LD-Signature": signature}
-    )
+    request = urllib.request.Request(f"http://127.0.0.1:{node.source.port}/launchdarkly/webhook", data=body, headers={"X-LD-Signature": signature})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status
 
@@ -132,9 +132,7 @@ def test_tls_to_the_receiver(tmp_path, pki):
     ca, d = pki
     port = free_port()
     transport_in = f"<transport tls>\n    cert_path {d}/server.crt\n    private_key_path {d}/server.key\n  </transport>"
-    with receiver(port, transport_in) as b, sender(
-        tmp_path, server(port), extra=f"transport tls\n  tls_ca_cert_path {d}/ca.crt"
-    ) as a:
+    with receiver(port, transport_in) as b, sender(tmp_path, server(port), extra=f"transport tls\n  tls_ca_cert_path {d}/ca.crt") as a:
         assert webhook(a, 7) == 200
         assert b.wait_records(1)[0][2]["_id"] == "id-7"
 
@@ -145,9 +143,7 @@ def test_a_time_past_2106_is_a_dead_letter_not_a_crash(tmp_path):
     import asyncio
 
     port = free_port()
-    with RunningNode(
-        f"<match **>\n  @type forward\n  {server(port)}\n  <buffer>\n    path {tmp_path}\n  </buffer>\n</match>\n"
-    ) as node:
+    with RunningNode(f"<match **>\n  @type forward\n  {server(port)}\n  <buffer>\n    path {tmp_path}\n  </buffer>\n</match>\n") as node:
         output = node.node.outputs[0][1]
         entries = [(2**32 * 10**9, {"late": True}), (1_700_000_000 * 10**9, {"ok": True})]
         asyncio.run_coroutine_threadsafe(output.admit("app.x", entries), node.loop).result(10)

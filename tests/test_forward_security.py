@@ -7,7 +7,6 @@ import ssl
 
 import msgpack
 import pytest
-
 from harness import RawClient, RunningNode, forward_request
 from test_forward_codec import MALFORMED
 
@@ -47,9 +46,7 @@ def connect(port):
     return c, helo
 
 
-@pytest.mark.parametrize(
-    "salt", [b"0123456789abcdef0123456789abcdef", bytes(range(240, 256))], ids=["fluentd-hex", "fluent-bit-raw"]
-)
+@pytest.mark.parametrize("salt", [b"0123456789abcdef0123456789abcdef", bytes(range(240, 256))], ids=["fluentd-hex", "fluent-bit-raw"])
 def test_handshake_then_requests_on_a_kept_alive_connection(salt):
     with RunningNode(SECURE.format(security="")) as n:
         c, helo = connect(n.port)

@@ -5,9 +5,9 @@ import time
 
 import pytest
 from fluent import sender
+from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 
 from fluent_ld.sources.forward_connection import Pause
-from harness import CAPTURE_CONF, RawClient, RunningNode, capture_node, forward_request
 
 BASE = CAPTURE_CONF
 node = capture_node

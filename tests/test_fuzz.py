@@ -68,12 +68,12 @@ from fluent_ld.config.params import Array, Bool, Enum, Float, Hash, Integer, JSO
 from fluent_ld.config.parser import MAX_INCLUDE_DEPTH, MAX_SECTION_DEPTH, Element, EvalContext, IncludedSource, _Parser, parse
 from fluent_ld.forward.codec import NEED_DATA, Decoder, DecoderLimits, Ping, ProtocolError
 from fluent_ld.forward.handshake import Client, Handshake, Security, User
-from fluent_ld.sources.webhook_policy import Decision, Policy, PolicyError, _glob, compile_policy
 from fluent_ld.registry import catalogue
 from fluent_ld.sources.webhook import MAX_DATE_MS
+from fluent_ld.sources.webhook_policy import Decision, Policy, PolicyError, _glob, compile_policy
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import RunningNode  # noqa: E402  (registers the capture output)
+from harness import RunningNode
 
 LONG = os.environ.get("FLUENT_LD_LONG") == "1"
 # The long run takes minutes per test: past the suite's per-test timeout.
@@ -128,7 +128,7 @@ class FakeFiles:
 
     FILES = {
         "a.conf": "<source>\n  @type forward\n  port 0\n</source>\n",
-        "params.conf": "k v\nj \"x\\ny\"\n",
+        "params.conf": 'k v\nj "x\\ny"\n',
         "broken.conf": "<a>\n  k v\n",
         "self.conf": "@include self.conf\n",
     }
@@ -210,21 +210,134 @@ PARAM_NAMES = sorted(set().union(*(_all_param_names(s.section) for kind in CATAL
 TYPE_NAMES = sorted({name for kind in CATALOGUE.values() for name in kind})
 
 TOKENS = [
-    "<source>", "</source>", "<match **>", "<match launchdarkly.**>", "<match {a,b}.*>", "</match>",
-    "<system>", "</system>", "<buffer>", "</buffer>", "<security>", "</security>", "<server>",
-    "</server>", "<transport tls>", "</transport>", "<client>", "</client>", "<user>", "</user>",
-    '<event "Order Completed">', "</event>", "<a", "<a b", ">", "</", "<", "/>", "<1>",
-    "@type ", "@id ", "@log_level ", "@include ", "@include", "nope.conf", "exists.conf", "nothing*.conf",
-    "a.conf", "params.conf", "broken.conf", "self.conf",
-    "[a-", "../", "./", "sub/", "*", "?",
-    "\n", "\r\n", "\r", " ", "\t", "   ", "#", " #", " # note", "##", '"', "'", "\\", "\\n", "\\\\",
-    '\\"', "\\'", "\\q", "\\#", "\\\n", "#{", "}", "{", "ENV['NAME']", 'ENV["UNSET"]', "ENV['QUOTE']",
-    "ENV.fetch('UNSET', 'd')", "ENV.fetch('NAME')", "ENV.fetch(\"X\", \"a\\\"b\")", "Socket.gethostname",
-    "hostname", "`id`", "1+1",
-    "[", "]", ":", ",", '"k":', '{"a": [1, {"b": "#"}]}', "null", "true", "NaN", "-Infinity", "1e999",
-    "0", "1", "-1", "65536", "1_000", "0x10", "9" * 40, "9" * 400, "1.5", "512k", "8m", "1g", "99t", "1e3",
-    "500ms", "10s", "5m", "1h", "7d", "yes", "no", "tls", "tcp", "gzip", "file", "memory",
-    "\x00", "\ud800", "\udcff", "\ufeff", "\u2028", "\x85", "\x0b", "\x0c", "é", "字", "\U0001f600",
+    "<source>",
+    "</source>",
+    "<match **>",
+    "<match launchdarkly.**>",
+    "<match {a,b}.*>",
+    "</match>",
+    "<system>",
+    "</system>",
+    "<buffer>",
+    "</buffer>",
+    "<security>",
+    "</security>",
+    "<server>",
+    "</server>",
+    "<transport tls>",
+    "</transport>",
+    "<client>",
+    "</client>",
+    "<user>",
+    "</user>",
+    '<event "Order Completed">',
+    "</event>",
+    "<a",
+    "<a b",
+    ">",
+    "</",
+    "<",
+    "/>",
+    "<1>",
+    "@type ",
+    "@id ",
+    "@log_level ",
+    "@include ",
+    "@include",
+    "nope.conf",
+    "exists.conf",
+    "nothing*.conf",
+    "a.conf",
+    "params.conf",
+    "broken.conf",
+    "self.conf",
+    "[a-",
+    "../",
+    "./",
+    "sub/",
+    "*",
+    "?",
+    "\n",
+    "\r\n",
+    "\r",
+    " ",
+    "\t",
+    "   ",
+    "#",
+    " #",
+    " # note",
+    "##",
+    '"',
+    "'",
+    "\\",
+    "\\n",
+    "\\\\",
+    '\\"',
+    "\\'",
+    "\\q",
+    "\\#",
+    "\\\n",
+    "#{",
+    "}",
+    "{",
+    "ENV['NAME']",
+    'ENV["UNSET"]',
+    "ENV['QUOTE']",
+    "ENV.fetch('UNSET', 'd')",
+    "ENV.fetch('NAME')",
+    'ENV.fetch("X", "a\\"b")',
+    "Socket.gethostname",
+    "hostname",
+    "`id`",
+    "1+1",
+    "[",
+    "]",
+    ":",
+    ",",
+    '"k":',
+    '{"a": [1, {"b": "#"}]}',
+    "null",
+    "true",
+    "NaN",
+    "-Infinity",
+    "1e999",
+    "0",
+    "1",
+    "-1",
+    "65536",
+    "1_000",
+    "0x10",
+    "9" * 40,
+    "9" * 400,
+    "1.5",
+    "512k",
+    "8m",
+    "1g",
+    "99t",
+    "1e3",
+    "500ms",
+    "10s",
+    "5m",
+    "1h",
+    "7d",
+    "yes",
+    "no",
+    "tls",
+    "tcp",
+    "gzip",
+    "file",
+    "memory",
+    "\x00",
+    "\ud800",
+    "\udcff",
+    "\ufeff",
+    "\u2028",
+    "\x85",
+    "\x0b",
+    "\x0c",
+    "é",
+    "字",
+    "\U0001f600",
 ]
 TOKENS += PARAM_NAMES + TYPE_NAMES + [f"{name} " for name in PARAM_NAMES]
 
@@ -308,14 +421,58 @@ def rendered(draw, value: str, where: str = "value") -> str:
 
 # Values worth converting: plausible ones for each type and hostile ones for any.
 hostile_values = st.one_of(
-    st.sampled_from([
-        "", " ", "0", "-0", "-1", "1e400", "inf", "nan", "NaN", "9" * 400, "9" * 5000, "1" + "0" * 30,
-        "0.0000001", "1.5", "99999999999999999999t", "9" * 400 + "k", "9" * 400 + "ms", "9" * 400 + "d",
-        "1_000", "0x1f", "true", "no", "maybe", "[", "{", "[]", "{}", "[1,", '{"a":', "[" * 3000 + "]" * 3000,
-        '{"a":' * 1500 + "1" + "}" * 1500, "[" + "1" * 5000 + "]", "a:b,c:d", "a,,b", ",", ":",
-        "\x00", "\ud800", "a\x00b", "/tmp/\x00x", "\udcff", "http://", "https://[::1", "::1", "10.0.0.0/33",
-        "proj/*", "default", "launchdarkly.**",
-    ]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "-0",
+            "-1",
+            "1e400",
+            "inf",
+            "nan",
+            "NaN",
+            "9" * 400,
+            "9" * 5000,
+            "1" + "0" * 30,
+            "0.0000001",
+            "1.5",
+            "99999999999999999999t",
+            "9" * 400 + "k",
+            "9" * 400 + "ms",
+            "9" * 400 + "d",
+            "1_000",
+            "0x1f",
+            "true",
+            "no",
+            "maybe",
+            "[",
+            "{",
+            "[]",
+            "{}",
+            "[1,",
+            '{"a":',
+            "[" * 3000 + "]" * 3000,
+            '{"a":' * 1500 + "1" + "}" * 1500,
+            "[" + "1" * 5000 + "]",
+            "a:b,c:d",
+            "a,,b",
+            ",",
+            ":",
+            "\x00",
+            "\ud800",
+            "a\x00b",
+            "/tmp/\x00x",
+            "\udcff",
+            "http://",
+            "https://[::1",
+            "::1",
+            "10.0.0.0/33",
+            "proj/*",
+            "default",
+            "launchdarkly.**",
+        ]
+    ),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(any_char, max_size=40),
@@ -425,7 +582,9 @@ def plugin_config(draw) -> str:
 
 include_patterns = st.one_of(
     st.text(any_char, min_size=1, max_size=20),
-    st.lists(st.sampled_from(["nope", "exists", ".conf", "*", "?", "[a-z]", "[", "/", "../", "\x00", "\ud800", "\udcff", " ", "é", "**"]), min_size=1, max_size=6).map("".join),
+    st.lists(
+        st.sampled_from(["nope", "exists", ".conf", "*", "?", "[a-z]", "[", "/", "../", "\x00", "\ud800", "\udcff", " ", "é", "**"]), min_size=1, max_size=6
+    ).map("".join),
 )
 
 
@@ -441,7 +600,7 @@ def includes(draw) -> str:
 
 @st.composite
 def embedded_code(draw) -> str:
-    """"#{...}" in the forms the parser evaluates (ENV['X'], ENV.fetch('X', 'default'),
+    """ "#{...}" in the forms the parser evaluates (ENV['X'], ENV.fetch('X', 'default'),
     Socket.gethostname), with defaults made of quotes and long runs of backslashes, and a tail
     that sometimes breaks the form."""
     q = draw(st.sampled_from(["'", '\\"', '"']))
@@ -459,13 +618,15 @@ def embedded_code(draw) -> str:
     )
     tail = draw(st.sampled_from(["", " x", ", 1", "  "]))
     code = draw(
-        st.sampled_from([
-            f"ENV.fetch({q}{name}{q}, {q}{default}{q}{tail})",
-            f"ENV.fetch({q}{name}{q}{tail})",
-            f"ENV[{q}{name}{q}{tail}]",
-            f"Socket.gethostname{tail}",
-            default,
-        ])
+        st.sampled_from(
+            [
+                f"ENV.fetch({q}{name}{q}, {q}{default}{q}{tail})",
+                f"ENV.fetch({q}{name}{q}{tail})",
+                f"ENV[{q}{name}{q}{tail}]",
+                f"Socket.gethostname{tail}",
+                default,
+            ]
+        )
     )
     return f'k "#{{{code}}}"\n'
 
@@ -588,7 +749,11 @@ def test_config_bare_json_at_every_depth_around_the_recursion_limit():
 
 
 @budget(40)
-@given(st.sampled_from(["k ", "k a", '<a ', 'k "', "k '", "k [", "@include ", "k #{", "<a>\nk "]), st.sampled_from([" ", "a", "\\", "\t", "#", "\\\\", "\"", "["]), st.one_of(st.integers(1, 25_000), st.just(25_000)))
+@given(
+    st.sampled_from(["k ", "k a", "<a ", 'k "', "k '", "k [", "@include ", "k #{", "<a>\nk "]),
+    st.sampled_from([" ", "a", "\\", "\t", "#", "\\\\", '"', "["]),
+    st.one_of(st.integers(1, 25_000), st.just(25_000)),
+)
 def test_config_long_lines(prefix, filler, n):
     check_config(prefix + filler * n + "b\n")
 
@@ -705,18 +870,29 @@ def test_config_round_trip_through_the_loader(tag, secret, path_tail, data):
     "text, message",
     [
         # float("9" * 400) is infinity: int() of it raised OverflowError.
-        ("<source>\n @type launchdarkly_webhook\n allow_unsigned true\n body_size_limit " + "9" * 400 + "\n</source>\n",
-         "4: <source> @type launchdarkly_webhook: parameter 'body_size_limit': expected a finite size"),
+        (
+            "<source>\n @type launchdarkly_webhook\n allow_unsigned true\n body_size_limit " + "9" * 400 + "\n</source>\n",
+            "4: <source> @type launchdarkly_webhook: parameter 'body_size_limit': expected a finite size",
+        ),
         # The same digits as a duration were accepted as infinity (aiohttp then fails on it).
-        ("<match **>\n @type launchdarkly\n access_token t\n project_key p\n environment_key e\n request_timeout "
-         + "9" * 400 + "\n <buffer>\n  @type memory\n </buffer>\n</match>\n",
-         "6: <match **> @type launchdarkly: parameter 'request_timeout': expected a finite duration"),
+        (
+            "<match **>\n @type launchdarkly\n access_token t\n project_key p\n environment_key e\n request_timeout "
+            + "9" * 400
+            + "\n <buffer>\n  @type memory\n </buffer>\n</match>\n",
+            "6: <match **> @type launchdarkly: parameter 'request_timeout': expected a finite duration",
+        ),
         # Quoted JSON nested past the decoder's recursion limit raised RecursionError.
-        ("<source>\n @type launchdarkly_webhook\n allow_unsigned true\n policy \"" + "[" * 3000 + "]" * 3000 + "\"\n</source>\n",
-         "4: <source> @type launchdarkly_webhook: parameter 'policy': invalid JSON: nested too deeply"),
-        ("<source>\n @type forward\n <security>\n  self_hostname a\n  shared_key k\n  <client>\n   host h\n   users \""
-         + "[" * 3000 + "]" * 3000 + "\"\n  </client>\n </security>\n</source>\n",
-         "8: <source> @type forward <security> <client>: parameter 'users': invalid JSON array: nested too deeply"),
+        (
+            '<source>\n @type launchdarkly_webhook\n allow_unsigned true\n policy "' + "[" * 3000 + "]" * 3000 + '"\n</source>\n',
+            "4: <source> @type launchdarkly_webhook: parameter 'policy': invalid JSON: nested too deeply",
+        ),
+        (
+            '<source>\n @type forward\n <security>\n  self_hostname a\n  shared_key k\n  <client>\n   host h\n   users "'
+            + "[" * 3000
+            + "]" * 3000
+            + '"\n  </client>\n </security>\n</source>\n',
+            "8: <source> @type forward <security> <client>: parameter 'users': invalid JSON array: nested too deeply",
+        ),
         # A NUL or a lone surrogate in an @include path raised ValueError / UnicodeEncodeError.
         ("@include a\x00b\n", "1: @include "),
         ("@include a\ud800b\n", "1: @include "),
@@ -726,11 +902,24 @@ def test_config_round_trip_through_the_loader(tag, secret, path_tail, data):
         ("<match " + "{" * 1000 + "a" + "}" * 1000 + ">\n @type null\n</match>\n", "1: <match "),
         ("<match /" + "(" * 1000 + "a" + ")" * 1000 + "/>\n @type null\n</match>\n", "1: <match "),
         # With workers, a port refused as a value left no attribute for the shared-port check.
-        ("<system>\n workers 2\n</system>\n<source>\n @type forward\n port \"\"\n</source>\n",
-         "6: <source> @type forward: parameter 'port': expected an integer"),
+        (
+            '<system>\n workers 2\n</system>\n<source>\n @type forward\n port ""\n</source>\n',
+            "6: <source> @type forward: parameter 'port': expected an integer",
+        ),
     ],
-    ids=["size-inf", "time-inf", "json-deep-policy", "json-deep-array", "include-nul", "include-surrogate",
-         "include-glob-nul", "include-glob-surrogate", "match-deep-braces", "match-deep-regex", "workers-bad-port"],
+    ids=[
+        "size-inf",
+        "time-inf",
+        "json-deep-policy",
+        "json-deep-array",
+        "include-nul",
+        "include-surrogate",
+        "include-glob-nul",
+        "include-glob-surrogate",
+        "match-deep-braces",
+        "match-deep-regex",
+        "workers-bad-port",
+    ],
 )
 def test_regression_config_crashes_are_located_errors(text, message):
     with mock.patch.object(loader, "_include", _sandboxed_include), pytest.raises(ConfigErrors) as exc:
@@ -739,9 +928,7 @@ def test_regression_config_crashes_are_located_errors(text, message):
     check_config(text)
 
 
-@pytest.mark.parametrize(
-    "preset", ['"a\x00b"', '"\ud800"', "binary.bin", "deep.json"], ids=["nul", "surrogate", "not-utf8", "deep-json"]
-)
+@pytest.mark.parametrize("preset", ['"a\x00b"', '"\ud800"', "binary.bin", "deep.json"], ids=["nul", "surrogate", "not-utf8", "deep-json"])
 def test_preset_paths_that_crashed_the_check(tmp_path, preset):
     # Found by this fuzzing: ValueError, UnicodeEncodeError, UnicodeDecodeError and RecursionError
     # escaped config checking.
@@ -842,17 +1029,31 @@ def decode_events(wire: bytes) -> list:
 
 SECURITIES = [
     Security("fluent-ld", "k3y"),
-    Security("fluent-ld", "k3y", user_auth=True, users=(User("alice", "pw"), User("bob", "")), allow_anonymous_source=False,
-             clients=(Client((ipaddress.ip_network("127.0.0.0/8"),), shared_key="per-client", users=("alice",)),)),
+    Security(
+        "fluent-ld",
+        "k3y",
+        user_auth=True,
+        users=(User("alice", "pw"), User("bob", "")),
+        allow_anonymous_source=False,
+        clients=(Client((ipaddress.ip_network("127.0.0.0/8"),), shared_key="per-client", users=("alice",)),),
+    ),
     Security("", "", user_auth=True, users=()),
 ]
 
 huge = st.builds(lambda piece, n: piece * n, st.binary(min_size=1, max_size=3), st.integers(1000, 60_000))
 ping_field = st.one_of(
-    st.text(max_size=40), st.binary(max_size=40), st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
-    st.integers(-(2**63), 2**64 - 1), st.none(), st.booleans(), st.floats(),
-    st.lists(st.integers(-(2**63), 2**64 - 1), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(-9, 9), max_size=2),
-    huge, huge.map(lambda b: b.decode("latin-1")), st.sampled_from(["fluent-ld", "", "\x00", "\udcff"]),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+    st.integers(-(2**63), 2**64 - 1),
+    st.none(),
+    st.booleans(),
+    st.floats(),
+    st.lists(st.integers(-(2**63), 2**64 - 1), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(-9, 9), max_size=2),
+    huge,
+    huge.map(lambda b: b.decode("latin-1")),
+    st.sampled_from(["fluent-ld", "", "\x00", "\udcff"]),
 )
 
 
@@ -900,8 +1101,7 @@ def spec_ping(draw) -> dict:
     salt = draw(st.binary(max_size=64))
     user_auth = draw(st.booleans())
     users = tuple(
-        User(name, password)
-        for name, password in draw(st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=10), min_size=1, max_size=4)).items()
+        User(name, password) for name, password in draw(st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=10), min_size=1, max_size=4)).items()
     )
     user = draw(st.sampled_from(users)) if user_auth else None
     peer_net = draw(st.sampled_from(["192.168.0.0/16", "::1/128", "10.0.0.0/8"]))
@@ -917,8 +1117,14 @@ def spec_ping(draw) -> dict:
     username = user.username if user else ""
     password_digest = sha512_hex(AUTH_SALT, username.encode(), user.password.encode()) if user else ""
     return {
-        "security": security, "peer": peer, "hostname": hostname, "salt": salt, "digest": digest,
-        "username": username, "password_digest": password_digest, "key": key,
+        "security": security,
+        "peer": peer,
+        "hostname": hostname,
+        "salt": salt,
+        "digest": digest,
+        "username": username,
+        "password_digest": password_digest,
+        "key": key,
         "salt_as_str": draw(st.booleans()),
     }
 
@@ -962,7 +1168,11 @@ def test_handshake_a_ping_from_the_spec_passes(case):
     assert (ok, reason) == (True, "")
     sec = case["security"]
     assert msgpack.unpackb(pong, raw=False) == [
-        "PONG", True, "", sec.self_hostname, sha512_hex(case["salt"], sec.self_hostname.encode(), NONCE, case["key"].encode()),
+        "PONG",
+        True,
+        "",
+        sec.self_hostname,
+        sha512_hex(case["salt"], sec.self_hostname.encode(), NONCE, case["key"].encode()),
     ]
 
 
@@ -1106,7 +1316,12 @@ wrong = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integ
 resource_text = st.text(st.sampled_from("proj/env:flag*?;{},-_abcdefault1 "), max_size=40)
 accesses = st.lists(
     st.one_of(
-        st.fixed_dictionaries({"action": st.one_of(st.sampled_from(["updateOn", "deleteFlag", "createFlag"]), wrong), "resource": st.one_of(st.sampled_from(["proj/default:env/production:flag/x", "proj/p:env/test:flag/y", "acct"]), resource_text, wrong)}),
+        st.fixed_dictionaries(
+            {
+                "action": st.one_of(st.sampled_from(["updateOn", "deleteFlag", "createFlag"]), wrong),
+                "resource": st.one_of(st.sampled_from(["proj/default:env/production:flag/x", "proj/p:env/test:flag/y", "acct"]), resource_text, wrong),
+            }
+        ),
         wrong,
     ),
     max_size=4,
@@ -1297,7 +1512,9 @@ def test_regression_a_date_no_output_can_carry_is_a_dead_letter():
 # 4. Policy
 # ================================================================================================
 
-spec_chars = st.sampled_from(list("proj/env:flag*?;{},-_acctview.ab1") + ["proj/", "env/", "flag/", ":", "*", ";", "{k:v}", "view:", "${x}", " ", "acct", "\u00e9"])
+spec_chars = st.sampled_from(
+    list("proj/env:flag*?;{},-_acctview.ab1") + ["proj/", "env/", "flag/", ":", "*", ";", "{k:v}", "view:", "${x}", " ", "acct", "\u00e9"]
+)
 spec_text = st.lists(spec_chars, max_size=14).map("".join)
 string_list = st.one_of(st.lists(spec_text, max_size=4), st.lists(st.one_of(spec_text, wrong), max_size=3), wrong)
 statement = st.one_of(
@@ -1307,12 +1524,20 @@ statement = st.one_of(
         max_size=5,
     ),
     st.fixed_dictionaries(
-        {"effect": st.sampled_from(["allow", "deny"]), "actions": st.lists(st.text(st.sampled_from("*?updateOnxdel"), min_size=1, max_size=8), min_size=1, max_size=3), "resources": st.lists(spec_text, min_size=1, max_size=3)}
+        {
+            "effect": st.sampled_from(["allow", "deny"]),
+            "actions": st.lists(st.text(st.sampled_from("*?updateOnxdel"), min_size=1, max_size=8), min_size=1, max_size=3),
+            "resources": st.lists(spec_text, min_size=1, max_size=3),
+        }
     ),
     json_values,
 )
 policies = st.one_of(st.lists(statement, max_size=4), json_values)
-arbitrary_accesses = st.one_of(accesses, json_values, st.lists(st.fixed_dictionaries({"action": st.text(st.sampled_from("*?updateOnxdel"), max_size=8), "resource": spec_text}), max_size=4))
+arbitrary_accesses = st.one_of(
+    accesses,
+    json_values,
+    st.lists(st.fixed_dictionaries({"action": st.text(st.sampled_from("*?updateOnxdel"), max_size=8), "resource": spec_text}), max_size=4),
+)
 
 
 @budget(600)
@@ -1411,10 +1636,7 @@ def _atheris_main() -> None:  # pragma: no cover - a manual tool
                 if fdp.ConsumeBool():
                     statement[key] = [fdp.ConsumeUnicodeNoSurrogates(30) for _ in range(fdp.ConsumeIntInRange(0, 2))]
             statements.append(statement)
-        accesses = [
-            {"action": fdp.ConsumeUnicodeNoSurrogates(30), "resource": fdp.ConsumeUnicodeNoSurrogates(200)}
-            for _ in range(fdp.ConsumeIntInRange(0, 3))
-        ]
+        accesses = [{"action": fdp.ConsumeUnicodeNoSurrogates(30), "resource": fdp.ConsumeUnicodeNoSurrogates(200)} for _ in range(fdp.ConsumeIntInRange(0, 3))]
         try:
             compiled = compile_policy(statements)
         except PolicyError:
@@ -1438,7 +1660,8 @@ def _atheris_main() -> None:  # pragma: no cover - a manual tool
                 "date": fdp.ConsumeIntInRange(-1, 2**64 - 1) if fdp.ConsumeBool() else fdp.PickValueInList(pick),
                 "accesses": [
                     {"action": fdp.ConsumeUnicodeNoSurrogates(10), "resource": fdp.ConsumeUnicodeNoSurrogates(40)}
-                    if fdp.ConsumeBool() else fdp.PickValueInList(pick)
+                    if fdp.ConsumeBool()
+                    else fdp.PickValueInList(pick)
                     for _ in range(fdp.ConsumeIntInRange(0, 3))
                 ],
                 "member": {"email": fdp.ConsumeUnicodeNoSurrogates(10)} if fdp.ConsumeBool() else fdp.PickValueInList(pick),

@@ -10,7 +10,6 @@ CI runs 20 kills; ``FLUENT_LD_KILLS=200`` runs a longer loop locally. ``FLUENT_L
 random moments (the seed is printed, so a failure can be replayed).
 """
 
-import pytest
 import os
 import random
 import signal
@@ -19,10 +18,11 @@ import threading
 import time
 
 import msgpack
-
-from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
+import pytest
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config, start_node
+
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,10 @@ fault, dead letters, backpressure. In process, real HTTP over loopback."""
 import asyncio
 import json
 
+from ld_harness import TOKEN, ld_node, order, until
 
 from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from fluent_ld.plugin import BufferFullError
-
-from ld_harness import TOKEN, ld_node, order, until
 
 T = 1_795_000_000_000_000_000
 
@@ -31,8 +30,14 @@ def test_the_exact_request(tmp_path):
             assert headers["user-agent"] == "MetricImport-Datafly-int/1.0"
             assert len(headers["x-launchdarkly-payload-id"]) == 36
             assert json.loads(request.body) == [
-                {"kind": "custom", "key": "order_completed", "creationDate": 1795521600000, "metricValue": n,
-                 "contextKeys": {"user": f"anon-{n}"}, "data": {"order_id": f"O-{n}"}}
+                {
+                    "kind": "custom",
+                    "key": "order_completed",
+                    "creationDate": 1795521600000,
+                    "metricValue": n,
+                    "contextKeys": {"user": f"anon-{n}"},
+                    "data": {"order_id": f"O-{n}"},
+                }
                 for n in (1, 2)
             ]
             await until(lambda: out.store.pending_events == 0)
@@ -185,12 +190,15 @@ def test_expired_batches_go_to_the_dead_letter_store(tmp_path):
 def test_invalid_and_oversized_records_are_dead_lettered_at_admit(tmp_path):
     async def scenario():
         async with ld_node(tmp_path, buffer="chunk_limit_size 1k") as (node, out, ld):
-            await node.emit("signal.web", [
-                (T, order(1)),
-                (T, {"type": "track", "event": "Order Completed", "properties": {"revenue": 1}}),
-                (T, order(2, note="x" * 2000)),
-                (T, {"type": "track", "event": "Not Mapped", "user_id": "u"}),
-            ])
+            await node.emit(
+                "signal.web",
+                [
+                    (T, order(1)),
+                    (T, {"type": "track", "event": "Order Completed", "properties": {"revenue": 1}}),
+                    (T, order(2, note="x" * 2000)),
+                    (T, {"type": "track", "event": "Not Mapped", "user_id": "u"}),
+                ],
+            )
             letters = await out.store.dead_letters()
             assert [(x["kind"], x["reason"][:11]) for x in letters] == [("invalid", "no identity"), ("too_large", "the encoded")]
             assert json.loads(letters[0]["record"])["properties"] == {"revenue": 1}

@@ -31,9 +31,28 @@ CORE = [
 ]
 
 FORBIDDEN_MODULES = {
-    "asyncio", "socket", "ssl", "selectors", "aiohttp", "sqlite3", "logging", "time", "threading",
-    "subprocess", "multiprocessing", "os", "io", "pathlib", "glob", "shutil", "tempfile", "signal",
-    "importlib", "random", "secrets", "uuid",
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "aiohttp",
+    "sqlite3",
+    "logging",
+    "time",
+    "threading",
+    "subprocess",
+    "multiprocessing",
+    "os",
+    "io",
+    "pathlib",
+    "glob",
+    "shutil",
+    "tempfile",
+    "signal",
+    "importlib",
+    "random",
+    "secrets",
+    "uuid",
 }
 FORBIDDEN_CALLS = {"open", "print", "input", "__import__"}
 # Clock reads through datetime (the module itself is fine: parsing and formatting dates is pure).
@@ -73,9 +92,7 @@ def violations(source: str, filename: str) -> list[str]:
             if top in FORBIDDEN_MODULES:
                 found.append(f"{filename}:{node.lineno}: imports {name}")
             elif top == "fluent_ld" and isinstance(node, ast.Import | ast.ImportFrom):
-                if name == names[0] and not any(
-                    name == m or name.startswith(m + ".") or m.startswith(name + ".") for m in allowed_internal
-                ):
+                if name == names[0] and not any(name == m or name.startswith(m + ".") or m.startswith(name + ".") for m in allowed_internal):
                     found.append(f"{filename}:{node.lineno}: imports the I/O module {name}")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
             found.append(f"{filename}:{node.lineno}: calls {node.func.id}()")
@@ -91,19 +108,21 @@ def test_the_checker_catches_io_in_a_core_module():
         "from . import store\nimport importlib\nfrom random import random\nfrom datetime import datetime\n"
         "t = datetime.now()\nd = datetime.fromisoformat('2026-12-05')\n"
     )
-    assert sorted(violations(bad, "bad.py")) == sorted([
-        "bad.py:1: imports asyncio",
-        "bad.py:2: imports socket",
-        "bad.py:2: imports socket.socket",
-        "bad.py:3: imports os.path",
-        "bad.py:4: imports the I/O module fluent_ld.pipeline.node",
-        "bad.py:8: calls open()",
-        "bad.py:9: a relative import (name the module in full)",
-        "bad.py:10: imports importlib",
-        "bad.py:11: imports random",
-        "bad.py:11: imports random.random",
-        "bad.py:13: reads the clock (datetime.now())",
-    ])
+    assert sorted(violations(bad, "bad.py")) == sorted(
+        [
+            "bad.py:1: imports asyncio",
+            "bad.py:2: imports socket",
+            "bad.py:2: imports socket.socket",
+            "bad.py:3: imports os.path",
+            "bad.py:4: imports the I/O module fluent_ld.pipeline.node",
+            "bad.py:8: calls open()",
+            "bad.py:9: a relative import (name the module in full)",
+            "bad.py:10: imports importlib",
+            "bad.py:11: imports random",
+            "bad.py:11: imports random.random",
+            "bad.py:13: reads the clock (datetime.now())",
+        ]
+    )
 
 
 def test_core_modules_exist():

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from fluent_ld.launchdarkly.mapping import INVALID, UNMAPPED, Mapper, Rejection
 from fluent_ld.launchdarkly.preset import ContextRule, EventRule, PresetError, derive_key, preset_from_dict
-from fluent_ld.launchdarkly.preset.schema import schemas
 from fluent_ld.launchdarkly.preset.loader import load_preset
+from fluent_ld.launchdarkly.preset.schema import schemas
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "launchdarkly-metric-import.txt"
 DEFAULT = load_preset("default")
@@ -149,8 +149,12 @@ def test_overrides_rename_keys_change_metrics_and_send_several_context_kinds():
         properties={"order_id": "o1", "total": {"amount": 42}},
     )
     assert mapper.map(record, T) == {
-        "kind": "custom", "key": "purchase", "creationDate": T // 10**6, "metricValue": 42,
-        "contextKeys": {"user": "u1", "device": "d1"}, "data": {"order_id": "o1"},
+        "kind": "custom",
+        "key": "purchase",
+        "creationDate": T // 10**6,
+        "metricValue": 42,
+        "contextKeys": {"user": "u1", "device": "d1"},
+        "data": {"order_id": "o1"},
     }
     no_device = track("Trial Started", user_id="u1")
     assert mapper.map(no_device, T)["contextKeys"] == {"user": "u1"}
@@ -181,13 +185,28 @@ def test_record_key_with_json_string_from_fluent_bit_tail():
 
 REJECTIONS = [
     ("no identity", track("Signed Up", properties={}), INVALID, "no identity: none of user_id, userId, anonymous_id, anonymousId is a non-empty string"),
-    ("empty identity", track("Signed Up", user_id="", anonymous_id=""), INVALID, "no identity: none of user_id, userId, anonymous_id, anonymousId is a non-empty string"),
+    (
+        "empty identity",
+        track("Signed Up", user_id="", anonymous_id=""),
+        INVALID,
+        "no identity: none of user_id, userId, anonymous_id, anonymousId is a non-empty string",
+    ),
     ("identity not a string", track("Signed Up", user_id=42), INVALID, "user_id: 42 is not of type 'string'"),
-    ("metric not a number", track("Order Completed", user_id="u", properties={"revenue": "89.99"}), INVALID, "properties.revenue: '89.99' is not of type 'number'"),
+    (
+        "metric not a number",
+        track("Order Completed", user_id="u", properties={"revenue": "89.99"}),
+        INVALID,
+        "properties.revenue: '89.99' is not of type 'number'",
+    ),
     ("metric a boolean", track("Order Completed", user_id="u", properties={"revenue": True}), INVALID, "properties.revenue: True is not of type 'number'"),
     ("metric not finite", track("Order Completed", user_id="u", properties={"revenue": math.inf}), INVALID, "properties.revenue: not a finite number"),
     ("bad timestamp", track("Signed Up", user_id="u", timestamp="yesterday"), INVALID, "timestamp: 'yesterday' is not a 'date-time'"),
-    ("timestamp without zone", track("Signed Up", user_id="u", timestamp="2026-01-01T00:00:00"), INVALID, "timestamp: '2026-01-01T00:00:00' is not a 'date-time'"),
+    (
+        "timestamp without zone",
+        track("Signed Up", user_id="u", timestamp="2026-01-01T00:00:00"),
+        INVALID,
+        "timestamp: '2026-01-01T00:00:00' is not a 'date-time'",
+    ),
     ("timestamp a number", track("Signed Up", user_id="u", timestamp=1749200000000), INVALID, "timestamp: 1749200000000 is not of type 'string'"),
     ("properties not an object", track("Signed Up", user_id="u", properties=[1]), INVALID, "properties: [1] is not of type 'object'"),
     ("not an object", ["Order Completed"], INVALID, "the event is not a JSON object but an array"),

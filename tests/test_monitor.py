@@ -8,11 +8,10 @@ import uuid
 
 import aiohttp
 from fluent import sender
+from ld_harness import TOKEN, ld_node, order, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
-
-from ld_harness import TOKEN, ld_node, order, until
 
 T = 1_795_000_000_000_000_000
 

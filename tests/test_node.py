@@ -37,15 +37,11 @@ def test_records_reach_the_first_matching_output_and_unmatched_are_counted(capsy
 
     asyncio.run(scenario())
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out == [
-        {"tag": "signal.web", "time": "2023-11-14T22:13:20.123456789Z", "record": {"event": "Signed Up"}}
-    ]
+    assert out == [{"tag": "signal.web", "time": "2023-11-14T22:13:20.123456789Z", "record": {"event": "Signed Up"}}]
     null = node.outputs[0][1]
     assert null.records == 2
     assert node.router.unmatched == {"app.log": 3}
-    assert [r.message for r in caplog.records].count(
-        "No <match> takes tag 'app.log': its records are dropped and counted (logged once per tag)."
-    ) == 1
+    assert [r.message for r in caplog.records].count("No <match> takes tag 'app.log': its records are dropped and counted (logged once per tag).") == 1
 
 
 def test_sample_source_feeds_its_output_until_stopped(capsys):

@@ -14,6 +14,8 @@ import uuid
 import weakref
 
 import pytest
+from ld_harness import TOKEN, free_port, ld_node, order
+from process_harness import NodeProcess, until
 from prometheus_client import REGISTRY
 
 from fluent_ld.config.loader import load
@@ -21,9 +23,6 @@ from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 from fluent_ld.plugin import BufferFullError, StartError
 from fluent_ld.service.runner import Runner
 from fluent_ld.store import Store
-
-from ld_harness import TOKEN, free_port, ld_node, order
-from process_harness import NodeProcess, until
 
 T = 1_795_000_000_000_000_000
 
@@ -103,7 +102,7 @@ def test_sighup_during_a_worker_restart(console_script, tmp_path):
         started = node.wait_for_log("fluent-ld started 2 workers", timeout=20)
         pids = [int(p) for p in re.search(r"pids (\d+), (\d+)", started).groups()]
         os.kill(pids[1], signal.SIGKILL)
-        node.wait_for_log("Worker 1 (pid %d) died" % pids[1])
+        node.wait_for_log(f"Worker 1 (pid {pids[1]}) died")
         until(lambda: [c for c in children(node.proc.pid) if c not in pids], timeout=10, interval=0.002, what="the new worker 1")
         node.signal(signal.SIGHUP)
         node.wait_for_log("Worker 1 restarted", timeout=15)

@@ -60,10 +60,8 @@ CASES = [
     ("update??: updateOn", [allow(["proj/*:env/*:flag/*"], ["update??"])], [access("updateOn", PROD_FLAG)], True),
     ("update??: updateRules", [allow(["proj/*:env/*:flag/*"], ["update??"])], [access("updateRules", PROD_FLAG)], False),
     # Name globs.
-    ("checkout-*: checkout-v2", [allow(["proj/*:env/*:flag/checkout-*"])],
-     [access("updateOn", "proj/web:env/production:flag/checkout-v2")], True),
-    ("checkout-*: checkout- (empty run)", [allow(["proj/*:env/*:flag/checkout-*"])],
-     [access("updateOn", "proj/web:env/production:flag/checkout-")], True),
+    ("checkout-*: checkout-v2", [allow(["proj/*:env/*:flag/checkout-*"])], [access("updateOn", "proj/web:env/production:flag/checkout-v2")], True),
+    ("checkout-*: checkout- (empty run)", [allow(["proj/*:env/*:flag/checkout-*"])], [access("updateOn", "proj/web:env/production:flag/checkout-")], True),
     ("checkout-*: new-checkout", [allow(["proj/*:env/*:flag/checkout-*"])], [access("updateOn", PROD_FLAG)], False),
     ("*-checkout: new-checkout", [allow(["proj/*:env/*:flag/*-checkout"])], [access("updateOn", PROD_FLAG)], True),
     ("prod-?: prod-1", [allow(["proj/*:env/prod-?:flag/*"])], [access("updateOn", "proj/a:env/prod-1:flag/f")], True),
@@ -85,41 +83,40 @@ CASES = [
     ("acct", [allow(["acct"])], [access("updateAccountOwner", "acct")], True),
     ("acct vs member", [allow(["acct"])], [access("updateRole", MEMBER)], False),
     # Deny beats allow, and order does not matter.
-    ("deny after allow", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])],
-     [access("updateOn", PROD_FLAG)], False),
-    ("deny before allow", [deny(["proj/*:env/production:flag/*"]), allow(["proj/*:env/*:flag/*"])],
-     [access("updateOn", PROD_FLAG)], False),
-    ("deny elsewhere leaves allow", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])],
-     [access("updateOn", TEST_FLAG)], True),
-    ("deny on one action only", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/*:flag/*"], ["deleteFlag"])],
-     [access("updateOn", PROD_FLAG)], True),
+    ("deny after allow", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])], [access("updateOn", PROD_FLAG)], False),
+    ("deny before allow", [deny(["proj/*:env/production:flag/*"]), allow(["proj/*:env/*:flag/*"])], [access("updateOn", PROD_FLAG)], False),
+    ("deny elsewhere leaves allow", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])], [access("updateOn", TEST_FLAG)], True),
+    ("deny on one action only", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/*:flag/*"], ["deleteFlag"])], [access("updateOn", PROD_FLAG)], True),
     ("deny alone allows nothing", [deny(["proj/*:env/test:flag/*"])], [access("updateOn", PROD_FLAG)], False),
     # notActions / notResources.
-    ("notActions: other action", [allow(["proj/*:env/*:flag/*"], notActions=["deleteFlag"])],
-     [access("updateOn", PROD_FLAG)], True),
-    ("notActions: the excluded action", [allow(["proj/*:env/*:flag/*"], notActions=["deleteFlag"])],
-     [access("deleteFlag", PROD_FLAG)], False),
-    ("notActions glob", [allow(["proj/*:env/*:flag/*"], notActions=["update*"])],
-     [access("updateOn", PROD_FLAG)], False),
-    ("notResources: outside", [allow(notResources=["proj/*:env/production:flag/*"])],
-     [access("updateOn", TEST_FLAG)], True),
-    ("notResources: inside", [allow(notResources=["proj/*:env/production:flag/*"])],
-     [access("updateOn", PROD_FLAG)], False),
-    ("notResources: other shapes are outside", [allow(notResources=["proj/*:env/production:flag/*"])],
-     [access("updateRole", MEMBER)], True),
-    ("deny notResources: everything but prod is denied", [allow(["proj/*:env/*:flag/*"]), deny(notResources=["proj/*:env/production:flag/*"])],
-     [access("updateOn", TEST_FLAG)], False),
-    ("deny notResources: prod passes", [allow(["proj/*:env/*:flag/*"]), deny(notResources=["proj/*:env/production:flag/*"])],
-     [access("updateOn", PROD_FLAG)], True),
-    ("notActions and notResources", [allow(notActions=["deleteFlag"], notResources=["member/*"])],
-     [access("updateOn", PROD_FLAG)], True),
+    ("notActions: other action", [allow(["proj/*:env/*:flag/*"], notActions=["deleteFlag"])], [access("updateOn", PROD_FLAG)], True),
+    ("notActions: the excluded action", [allow(["proj/*:env/*:flag/*"], notActions=["deleteFlag"])], [access("deleteFlag", PROD_FLAG)], False),
+    ("notActions glob", [allow(["proj/*:env/*:flag/*"], notActions=["update*"])], [access("updateOn", PROD_FLAG)], False),
+    ("notResources: outside", [allow(notResources=["proj/*:env/production:flag/*"])], [access("updateOn", TEST_FLAG)], True),
+    ("notResources: inside", [allow(notResources=["proj/*:env/production:flag/*"])], [access("updateOn", PROD_FLAG)], False),
+    ("notResources: other shapes are outside", [allow(notResources=["proj/*:env/production:flag/*"])], [access("updateRole", MEMBER)], True),
+    (
+        "deny notResources: everything but prod is denied",
+        [allow(["proj/*:env/*:flag/*"]), deny(notResources=["proj/*:env/production:flag/*"])],
+        [access("updateOn", TEST_FLAG)],
+        False,
+    ),
+    (
+        "deny notResources: prod passes",
+        [allow(["proj/*:env/*:flag/*"]), deny(notResources=["proj/*:env/production:flag/*"])],
+        [access("updateOn", PROD_FLAG)],
+        True,
+    ),
+    ("notActions and notResources", [allow(notActions=["deleteFlag"], notResources=["member/*"])], [access("updateOn", PROD_FLAG)], True),
     # Several accesses: one allowed is enough.
-    ("one of two allowed", [allow(["proj/*:env/production:flag/*"])],
-     [access("updateOn", TEST_FLAG), access("updateOn", PROD_FLAG)], True),
-    ("none of two allowed", [allow(["proj/*:env/production:flag/*"])],
-     [access("updateOn", TEST_FLAG), access("updateRole", MEMBER)], False),
-    ("one denied, the other allowed", [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])],
-     [access("updateOn", PROD_FLAG), access("updateOn", TEST_FLAG)], True),
+    ("one of two allowed", [allow(["proj/*:env/production:flag/*"])], [access("updateOn", TEST_FLAG), access("updateOn", PROD_FLAG)], True),
+    ("none of two allowed", [allow(["proj/*:env/production:flag/*"])], [access("updateOn", TEST_FLAG), access("updateRole", MEMBER)], False),
+    (
+        "one denied, the other allowed",
+        [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*"])],
+        [access("updateOn", PROD_FLAG), access("updateOn", TEST_FLAG)],
+        True,
+    ),
     # Entries without accesses, and malformed accesses.
     ("no accesses", [allow(["proj/*"])], [], False),
     ("accesses not a list", [allow(["proj/*"])], {"action": "x", "resource": PROJECT}, False),
@@ -128,8 +125,7 @@ CASES = [
     ("action not a string", [allow(["proj/*"])], [access(None, PROJECT)], False),
     ("resource malformed", [allow(notResources=["member/*"])], [access("updateOn", "proj")], False),
     ("malformed access next to a good one", [allow(["proj/*"])], [access(1, 2), access("x", PROJECT)], True),
-    ("tags on an access resource are dropped", [allow(["proj/*:env/production"])],
-     [access("updateName", "proj/default;mobile:env/production;critical")], True),
+    ("tags on an access resource are dropped", [allow(["proj/*:env/production"])], [access("updateName", "proj/default;mobile:env/production;critical")], True),
     # No policy = everything.
     ("empty policy, an access", [], [access("updateOn", PROD_FLAG)], True),
     ("empty policy, no accesses", [], [], True),
@@ -221,8 +217,7 @@ def test_each_warning_says_which_way_the_filter_errs(statement, consequence):
         # A property selector on the environment: treated as satisfied by every environment.
         ([allow(["proj/*:env/*;{critical:true}:flag/*"])], [access("updateOn", TEST_FLAG)], True),
     ],
-    ids=["allow tagged", "deny tagged", "deny tagged elsewhere", "except tagged: flag", "except tagged: member",
-         "property selector"],
+    ids=["allow tagged", "deny tagged", "deny tagged elsewhere", "except tagged: flag", "except tagged: member", "property selector"],
 )
 def test_ignored_terms_are_treated_as_satisfied(policy, accesses, expected):
     assert compile_policy(policy).allows(accesses) is expected
@@ -246,8 +241,7 @@ EXPLAINED = [allow(["proj/*:env/*:flag/*"]), deny(["proj/*:env/production:flag/*
         ([access("updateRole", MEMBER)], f"denied: access 1 (updateRole on {MEMBER}): no allow statement matches"),
         (
             [access("updateOn", PROD_FLAG), access("updateRole", MEMBER)],
-            f"denied: access 1 (updateOn on {PROD_FLAG}): denied by statement 2; "
-            f"access 2 (updateRole on {MEMBER}): no allow statement matches",
+            f"denied: access 1 (updateOn on {PROD_FLAG}): denied by statement 2; access 2 (updateRole on {MEMBER}): no allow statement matches",
         ),
         ([access("updateOn", TEST_FLAG)], f"allowed: access 1 (updateOn on {TEST_FLAG}) allowed by statement 1"),
         ([], "the entry has no accesses, so no statement can allow it"),
@@ -289,12 +283,18 @@ INVALID = [
     ("empty action", [changed(actions=[""])], "statement 1: field 'actions' item 1 '' is empty"),
     ("non-string resource", [changed(resources=[None])], "statement 1: field 'resources' item 1 must be a string, not NoneType"),
     ("unknown key", [changed(Effect="allow")], "statement 1: unknown field 'Effect'"),
-    ("the right statement is named", [GOOD, GOOD, changed(resources=["proj"])],
-     "statement 3: field 'resources' item 1 'proj': segment 1 'proj' has no '/name' (use 'proj/*' for every one)"),
+    (
+        "the right statement is named",
+        [GOOD, GOOD, changed(resources=["proj"])],
+        "statement 3: field 'resources' item 1 'proj': segment 1 'proj' has no '/name' (use 'proj/*' for every one)",
+    ),
     ("empty name", [changed(resources=["proj/"])], "statement 1: field 'resources' item 1 'proj/': segment 1 'proj/' has no name"),
     ("no type", [changed(resources=["proj/*:/flag/*"])], "item 1 'proj/*:/flag/*': segment 2 has no resource type"),
-    ("globbed type", [changed(resources=["proj/*:*/*:flag/*"])],
-     "item 1 'proj/*:*/*:flag/*': segment 2 has a malformed resource type '*' (types are literal: no globs)"),
+    (
+        "globbed type",
+        [changed(resources=["proj/*:*/*:flag/*"])],
+        "item 1 'proj/*:*/*:flag/*': segment 2 has a malformed resource type '*' (types are literal: no globs)",
+    ),
     ("trailing colon", [changed(resources=["proj/*:"])], "ends with ':'"),
     ("empty resource", [changed(resources=[""])], "statement 1: field 'resources' item 1 '' is empty"),
     ("whitespace", [changed(resources=["proj/* "])], "item 1 'proj/* ' is empty or contains whitespace"),
@@ -303,8 +303,11 @@ INVALID = [
     ("unclosed property", [changed(resources=["flag/*;{critical:true"])], "unclosed '{'"),
     ("comma in a name", [changed(resources=["flag/a,b"])], "unexpected ',' at position 7"),
     ("role attribute", [changed(resources=["proj/${roleAttribute/projects}"])], "uses a role attribute"),
-    ("bad resource in notResources", [changed(resources=DROP, notResources=["member/*", "env"])],
-     "statement 1: field 'notResources' item 2 'env': segment 1 'env' has no '/name'"),
+    (
+        "bad resource in notResources",
+        [changed(resources=DROP, notResources=["member/*", "env"])],
+        "statement 1: field 'notResources' item 2 'env': segment 1 'env' has no '/name'",
+    ),
 ]
 
 
@@ -321,9 +324,17 @@ def test_bad_policies_are_refused(policy, message):
 RESOURCES = [PROD_FLAG, TEST_FLAG, PROD_ENV, PROJECT, SEGMENT, MEMBER, "proj/web:env/production:flag/checkout-v2"]
 ACTIONS = ["updateOn", "updateRules", "deleteFlag", "createFlag", "updateRole", "updateIncluded"]
 SPECIFIERS = [
-    "proj/*", "proj/*:env/*", "proj/*:env/production", "proj/*:env/*:flag/*", "proj/*:env/production:flag/*",
-    "proj/default:env/test:flag/*", "proj/*:env/*:flag/checkout-*", "proj/*:env/*:segment/*", "member/*",
-    "proj/*:env/*:flag/*;tag1", "proj/*:env/prod?ction:flag/*",
+    "proj/*",
+    "proj/*:env/*",
+    "proj/*:env/production",
+    "proj/*:env/*:flag/*",
+    "proj/*:env/production:flag/*",
+    "proj/default:env/test:flag/*",
+    "proj/*:env/*:flag/checkout-*",
+    "proj/*:env/*:segment/*",
+    "member/*",
+    "proj/*:env/*:flag/*;tag1",
+    "proj/*:env/prod?ction:flag/*",
 ]
 PATTERNS = ["*", "update*", "updateOn", "deleteFlag", "create*", "updateR?le"]
 
@@ -339,9 +350,7 @@ statements = st.builds(
     st.booleans(),
     st.lists(st.sampled_from(SPECIFIERS), min_size=1, max_size=3),
 )
-accesses = st.lists(
-    st.builds(access, st.sampled_from(ACTIONS), st.sampled_from(RESOURCES)), min_size=0, max_size=3
-)
+accesses = st.lists(st.builds(access, st.sampled_from(ACTIONS), st.sampled_from(RESOURCES)), min_size=0, max_size=3)
 
 
 @settings(max_examples=300, deadline=None)

@@ -9,13 +9,12 @@ import re
 import signal
 
 import msgpack
+from ld_harness import ld_node, order, until
 
 from fluent_ld import metrics
-from fluent_ld.pipeline import pool as pool_module
 from fluent_ld.forward.codec import encode_event_time
+from fluent_ld.pipeline import pool as pool_module
 from fluent_ld.pipeline.node import POOL_MIN_BYTES
-
-from ld_harness import ld_node, order, until
 
 T = 1_795_000_000_000_000_000
 
@@ -30,9 +29,7 @@ def source(pool_size: int) -> str:
 
 def packed(tag: str, records: list[dict], chunk: str, gzipped: bool = False) -> bytes:
     """Fluent Bit's form: [[EventTime, {}], record] entries, PackedForward (gzip: compressed)."""
-    entries = b"".join(
-        msgpack.packb([[encode_event_time(T + i), {}], r], use_bin_type=True) for i, r in enumerate(records)
-    )
+    entries = b"".join(msgpack.packb([[encode_event_time(T + i), {}], r], use_bin_type=True) for i, r in enumerate(records))
     option = {"chunk": chunk, "size": len(records)}
     if gzipped:
         entries, option["compressed"] = gzip.compress(entries), "gzip"
@@ -144,13 +141,13 @@ def test_a_killed_pool_process_loses_nothing_acked_and_is_replaced(tmp_path, cap
                     while inflight >= 4:
                         try:
                             acked.add(await c.ack(timeout=2))
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             pass  # an ack that never comes: the request died with its process
                         inflight -= 1
                 while inflight:
                     try:
                         acked.add(await c.ack(timeout=2))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     inflight -= 1
                 c.close()

@@ -7,11 +7,10 @@ import socket
 import textwrap
 
 from fluent import sender
-
-from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
-
 from ld_harness import TOKEN, ServerThread, free_port
 from process_harness import NodeProcess, get_json, until
+
+from fluent_ld.dev.ldserver import Fault, LaunchDarklyServer
 
 
 def write_config(path, url, forward, store, *, workers=1, compress="text", extra=""):

@@ -4,7 +4,6 @@ RSS must stay flat once warm: no growth trend, and the last samples close to the
 CI runs 40 s at about 5,000 records/s; ``FLUENT_LD_SOAK_SECONDS=900`` runs longer locally.
 """
 
-import pytest
 import os
 import signal
 import statistics
@@ -13,10 +12,11 @@ import threading
 import time
 
 import msgpack
-
-from fluent_ld.dev.ldserver import LaunchDarklyServer
+import pytest
 from harness import RawClient
 from ld_harness import TOKEN, ServerThread, free_port, ld_config
+
+from fluent_ld.dev.ldserver import LaunchDarklyServer
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,10 @@ INTERVAL = 0.02  # one request every 20 ms: 5,000 records/s
 
 def request(first: int) -> bytes:
     entries = b"".join(
-        msgpack.packb([1_700_000_000, {"type": "track", "event": "Order Completed", "user_id": f"u{n % 5000}", "properties": {"order_id": f"O-{n}", "revenue": 1}}], use_bin_type=True)
+        msgpack.packb(
+            [1_700_000_000, {"type": "track", "event": "Order Completed", "user_id": f"u{n % 5000}", "properties": {"order_id": f"O-{n}", "revenue": 1}}],
+            use_bin_type=True,
+        )
         for n in range(first, first + PER_REQUEST)
     )
     return msgpack.packb(["signal.soak", entries, {"chunk": f"c{first}"}], use_bin_type=True)

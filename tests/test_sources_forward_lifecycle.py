@@ -11,9 +11,12 @@ from collections import Counter
 
 import msgpack
 import pytest
+from harness import RawClient, RunningNode, capture_node, forward_request
+from test_forward_adversarial import wait_until
+from test_forward_security import SECURE, TLS, connect, ping
 
-from fluent_ld.pipeline.admission import encode_frame
 from fluent_ld.forward.codec import DecoderLimits
+from fluent_ld.pipeline.admission import encode_frame
 from fluent_ld.sources.forward_connection import (
     MAX_PENDING_REQUESTS,
     ConnectionSettings,
@@ -21,9 +24,6 @@ from fluent_ld.sources.forward_connection import (
     Pause,
     State,
 )
-from harness import RawClient, RunningNode, capture_node, forward_request
-from test_forward_adversarial import wait_until
-from test_forward_security import SECURE, TLS, connect, ping
 
 
 def the_connection(n: RunningNode) -> ForwardConnection:
@@ -33,9 +33,7 @@ def the_connection(n: RunningNode) -> ForwardConnection:
 
 def sweepers(n: RunningNode) -> list[asyncio.Task]:
     """The idle sweeper tasks running on the node's loop."""
-    return n.call(
-        lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "ForwardSource._sweep_idle"]
-    )
+    return n.call(lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "ForwardSource._sweep_idle"])
 
 
 def secure(extra: str) -> RunningNode:
@@ -164,18 +162,6 @@ def test_a_close_notify_arriving_with_a_backlog_still_admits_every_request_read_
     monkeypatch.setattr(ForwardConnection, "eof_received", spy)
     count = 300
     conf = TLS.format(d=d, extra="")
-<source>
-  @type forward
-  port 0
-  <transport tls>
-    cert_path {d}/server.crt
-    private_key_path {d}/server.key
-  </transport>
-</source>
-<match **>
-  @type capture
-</match>
-"""
     with RunningNode(conf) as n:
         n.call(setattr, n.output(), "delay", 0.01)
         wire = b"".join(forward_request("a", [{"n": i}], chunk=f"c{i}") for i in range(count))

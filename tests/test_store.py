@@ -52,6 +52,7 @@ def test_concurrent_appends_share_one_commit_and_one_row_and_are_delivered_once(
 
 def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path):
     """Stores created before the page size changed (4 KiB) open, keep their events and their pages."""
+
     async def scenario():
         new, old = str(tmp_path / "new.sqlite3"), str(tmp_path / "old.sqlite3")
         conn = sqlite3.connect(old)
@@ -75,6 +76,7 @@ def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path):
 
 def test_the_wal_is_copied_into_the_database_beside_the_writer(tmp_path):
     """The writer does not checkpoint at the end of its commits; the checkpointer thread does."""
+
     async def scenario():
         path = str(tmp_path / "s.sqlite3")
         store = Store(path)

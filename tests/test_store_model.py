@@ -294,10 +294,16 @@ class StoreMachine(RuleBasedStateMachine):
         tag = self.TAGS[tag % len(self.TAGS)]
         frags = [self.fragment(p) for p in pads]
         letters = [self.dead_letter(kind, has_record, rescue, tag) for kind, has_record, rescue in dead]
-        self.run(self.store.append(
-            self.SEPARATOR.join(frags), [len(f) for f in frags], sum(map(len, frags)), oldest_ms,
-            [DeadLetter(l.kind, l.reason, l.status, l.tag, l.time_ns, l.record) for l in letters], tag,
-        ))
+        self.run(
+            self.store.append(
+                self.SEPARATOR.join(frags),
+                [len(f) for f in frags],
+                sum(map(len, frags)),
+                oldest_ms,
+                [DeadLetter(letter.kind, letter.reason, letter.status, letter.tag, letter.time_ns, letter.record) for letter in letters],
+                tag,
+            )
+        )
         if frags:
             self.learn_row(frags, tag, oldest_ms)
         self.live.update(frags)
@@ -352,9 +358,7 @@ class StoreMachine(RuleBasedStateMachine):
             for r, i in pos:
                 self.rows[r].taken = max(self.rows[r].taken, i + 1)
             oldest = min(self.rows[r].oldest_ms for r, _ in pos)
-            self.batches[batch.payload_id] = ModelBatch(
-                batch.payload_id, batch.id, tag, pos, frags, max_body, max_records, oldest, now, self.clock
-            )
+            self.batches[batch.payload_id] = ModelBatch(batch.payload_id, batch.id, tag, pos, frags, max_body, max_records, oldest, now, self.clock)
         return n
 
     @precondition(lambda self: self.has_batch())
@@ -430,8 +434,16 @@ class StoreMachine(RuleBasedStateMachine):
             assert (h.tag, h.count, h.bytes, h.attempts) == (parent.tag, len(frags), sum(map(len, frags)), 0)
             assert self.split_data(h.data, unpack_lengths(h.lengths)) == frags
             self.batches[h.payload_id] = ModelBatch(
-                h.payload_id, h.id, parent.tag, parent.pos[part], frags, parent.max_body, parent.max_records,
-                parent.oldest_ms, parent.created_at, self.clock,
+                h.payload_id,
+                h.id,
+                parent.tag,
+                parent.pos[part],
+                frags,
+                parent.max_body,
+                parent.max_records,
+                parent.oldest_ms,
+                parent.created_at,
+                self.clock,
             )
         return halves
 
@@ -456,18 +468,22 @@ class StoreMachine(RuleBasedStateMachine):
 
     def add_dead_letters(self, dead):
         letters = [self.dead_letter(kind, has_record, rescue, None) for kind, has_record, rescue in dead]
-        self.run(self.store.add_dead_letters([DeadLetter(l.kind, l.reason, l.status, l.tag, l.time_ns, l.record) for l in letters]))
+        self.run(
+            self.store.add_dead_letters(
+                [DeadLetter(letter.kind, letter.reason, letter.status, letter.tag, letter.time_ns, letter.record) for letter in letters]
+            )
+        )
         self.letters.extend(letters)
 
     def purge(self, data):
         ids = self.letter_ids(data)
         removed = self.run(self.store.purge_dead_letters(ids))
-        keep = [l for l in self.letters if ids is not None and l.db_id not in ids]
+        keep = [letter for letter in self.letters if ids is not None and letter.db_id not in ids]
         assert removed == len(self.letters) - len(keep)
         self.letters = keep
 
     def letter_ids(self, data) -> list[int] | None:
-        known = [l.db_id for l in self.letters]
+        known = [letter.db_id for letter in self.letters]
         if data.draw(st.booleans(), label="all"):
             return None
         extra = data.draw(st.lists(st.integers(10**6, 10**6 + 5), max_size=1), label="unknown ids")
@@ -497,7 +513,7 @@ class StoreMachine(RuleBasedStateMachine):
         mapper = Mapper() if self.MAPS else None
         assert self.run(replay(self.store, ids, mapper, keep_tags=not self.MAPS)) == (len(done), kept)
         after_ms = time.time_ns() // 1_000_000
-        self.letters = [l for l in self.letters if all(l is not d for d in done)]
+        self.letters = [letter for letter in self.letters if all(letter is not d for d in done)]
         if frags:
             if oldest is not None:
                 oldest_ms = oldest // 1_000_000
@@ -518,10 +534,10 @@ class StoreMachine(RuleBasedStateMachine):
     def read_some_dead_letters(self, data):
         limit = data.draw(st.integers(0, 5), label="limit")
         got = self.run(self.store.dead_letters(limit))
-        assert [g["id"] for g in got] == [l.db_id for l in self.letters[:limit]]
+        assert [g["id"] for g in got] == [letter.db_id for letter in self.letters[:limit]]
         ids = self.letter_ids(data) or []
         got = self.run(self.store.dead_letters(ids=ids))
-        assert [g["id"] for g in got] == [l.db_id for l in self.letters if l.db_id in ids]
+        assert [g["id"] for g in got] == [letter.db_id for letter in self.letters if letter.db_id in ids]
 
     @precondition(lambda self: sum(self.live.values()) >= 30)
     @rule(deliver=st.booleans())
@@ -538,10 +554,7 @@ class StoreMachine(RuleBasedStateMachine):
     # -- the invariant -----------------------------------------------------------------------------
 
     def tables(self) -> dict[str, list[tuple]]:
-        return {
-            t: self.sql(f"SELECT * FROM {t} ORDER BY id")
-            for t in ("pending", "pending_data", "batches", "dead_letters")
-        }
+        return {t: self.sql(f"SELECT * FROM {t} ORDER BY id") for t in ("pending", "pending_data", "batches", "dead_letters")}
 
     @invariant()
     def agrees_with_the_model(self):
@@ -610,7 +623,7 @@ class StoreMachine(RuleBasedStateMachine):
             "bytes": sum(map(len, events)),
             "oldest_event_ms": min(oldest, default=None),
             "max_attempts": max((m.attempts for m in self.batches.values()), default=0),
-            "dead_letters": dict(Counter(l.kind for l in self.letters)),
+            "dead_letters": dict(Counter(letter.kind for letter in self.letters)),
         }
 
         # Dead letters: in order, each as stored.

@@ -12,12 +12,12 @@ import urllib.error
 import urllib.request
 
 import pytest
+from harness import RunningNode
 
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load_text
 from fluent_ld.sources import webhook
 from fluent_ld.sources.webhook import MAX_IDS_IN_MEMORY, SeenIds
-from harness import RunningNode
 
 SECRET = "whsec-test"
 
@@ -79,7 +79,7 @@ def test_a_signed_entry_becomes_an_enriched_record():
 
 @pytest.mark.parametrize(
     "signature, body_change",
-    [("0" * 64, None), (None, None), ("auto-then-alter", b' '), ("not-hex", None)],
+    [("0" * 64, None), (None, None), ("auto-then-alter", b" "), ("not-hex", None)],
     ids=["wrong", "missing", "body-altered-after-signing", "garbage"],
 )
 def test_bad_signatures_are_refused_and_nothing_is_kept(signature, body_change):

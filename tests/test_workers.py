@@ -2,14 +2,13 @@
 port, a killed worker is restarted and delivers what it had stored, metrics are summed across
 workers (and across the restart), the monitor and webhook are served once, and SIGTERM stops it all."""
 
-import pytest
 import os
 import re
 import signal
 import textwrap
 
+import pytest
 from fluent import sender
-
 from ld_harness import TOKEN, ServerThread, free_port
 from process_harness import NodeProcess, alive, get_json, scrape, until, value
 
@@ -98,7 +97,7 @@ def test_two_workers_share_the_port_and_a_killed_worker_is_restarted(console_scr
             assert "Listening for LaunchDarkly webhooks" in node.log and node.log.count("Listening for LaunchDarkly webhooks") == 1
 
             os.kill(pids[1], signal.SIGKILL)
-            node.wait_for_log("Worker 1 (pid %d) died (signal SIGKILL)" % pids[1])
+            node.wait_for_log(f"Worker 1 (pid {pids[1]}) died (signal SIGKILL)")
             restarted = node.wait_for_log("Worker 1 restarted")
             new_pid = int(re.search(r"pid (\d+)", restarted).group(1))
             assert new_pid != pids[1] and alive(new_pid) and not alive(pids[1])

@@ -421,7 +421,12 @@ class Section:
 
     def with_params(self, *params: Param) -> Section:
         return Section(
-            self.name, self.desc, params + self.params, self.sections, self.arg, self.multi,
+            self.name,
+            self.desc,
+            params + self.params,
+            self.sections,
+            self.arg,
+            self.multi,
             self.required,
         )
 
@@ -501,9 +506,10 @@ class Conf:
         return {p.name: MASK if p.secret else self._given[p.name].text for p in self._spec.params if p.name in self._given}
 
     def _given_anything(self) -> bool:
-        return bool(self._given) or self._arg not in (None, "") or any(
-            isinstance(v, list) and v or isinstance(v, Conf) and v._given_anything()
-            for v in self._values.values()
+        return (
+            bool(self._given)
+            or self._arg not in (None, "")
+            or any(isinstance(v, list) and v or isinstance(v, Conf) and v._given_anything() for v in self._values.values())
         )
 
 
@@ -522,9 +528,7 @@ def validate_section(element: Element, spec: Section, label: str, errors: list[C
             errors.append(ConfigError(value.where, f"{label}: {_unknown('parameter', key, spec)}"))
             continue
         if key in seen_at:
-            errors.append(
-                ConfigError(value.where, f"{label}: parameter '{key}' is given twice (first at line {seen_at[key].line})")
-            )
+            errors.append(ConfigError(value.where, f"{label}: parameter '{key}' is given twice (first at line {seen_at[key].line})"))
             continue
         seen_at[key] = value.where
         try:
@@ -553,13 +557,10 @@ def validate_section(element: Element, spec: Section, label: str, errors: list[C
             errors.append(
                 ConfigError(
                     children[1].where,
-                    f"{label}: section <{child_spec.name}> may appear only once "
-                    f"(first at line {children[0].where.line})",
+                    f"{label}: section <{child_spec.name}> may appear only once (first at line {children[0].where.line})",
                 )
             )
-        confs = [
-            validate_section(c, child_spec, f"{label} <{_tag(c)}>", errors) for c in children
-        ]
+        confs = [validate_section(c, child_spec, f"{label} <{_tag(c)}>", errors) for c in children]
         if child_spec.multi:
             values[child_spec.name] = confs
         elif confs:
@@ -569,9 +570,7 @@ def validate_section(element: Element, spec: Section, label: str, errors: list[C
 
     for child in element.elements:
         if spec.section(child.name) is None:
-            errors.append(
-                ConfigError(child.where, f"{label}: {_unknown('section', child.name, spec)}")
-            )
+            errors.append(ConfigError(child.where, f"{label}: {_unknown('section', child.name, spec)}"))
 
     return Conf(spec, element.where, arg, values, given)
 
@@ -579,15 +578,11 @@ def validate_section(element: Element, spec: Section, label: str, errors: list[C
 def _validate_arg(element: Element, spec: Section, label: str, errors: list[ConfigError]) -> Any:
     if spec.arg is None:
         if element.arg:
-            errors.append(
-                ConfigError(element.where, f"{label}: <{spec.name}> takes no argument, got {element.arg!r}")
-            )
+            errors.append(ConfigError(element.where, f"{label}: <{spec.name}> takes no argument, got {element.arg!r}"))
         return None
     if not element.arg:
         if spec.arg.required:
-            errors.append(
-                ConfigError(element.where, f"{label}: <{spec.name}> needs its {spec.arg.name} as argument")
-            )
+            errors.append(ConfigError(element.where, f"{label}: <{spec.name}> needs its {spec.arg.name} as argument"))
         return None
     try:
         return spec.arg.type.convert(Value(element.arg, element.where))
@@ -630,4 +625,3 @@ def _unknown(kind: str, name: str, spec: Section) -> str:
 
 def _tag(element: Element) -> str:
     return element.name + (f" {element.arg}" if element.arg else "")
-

@@ -53,9 +53,7 @@ _ENV_INDEX = re.compile(r"""\s*ENV\s*\[\s*(['"])([^'"]*)\1\s*\]\s*\Z""")
 # In the default, a backslash always escapes the next character ("[^\\]", not "."): with both
 # alternatives able to take a backslash, a run of them was split every possible way before a
 # mismatch was reported (exponential: 40 backslashes hung the parser).
-_ENV_FETCH = re.compile(
-    r"""\s*ENV\.fetch\s*\(\s*(['"])([^'"]*)\1\s*(?:,\s*(['"])((?:\\.|(?!\3)[^\\])*)\3\s*)?\)\s*\Z"""
-)
+_ENV_FETCH = re.compile(r"""\s*ENV\.fetch\s*\(\s*(['"])([^'"]*)\1\s*(?:,\s*(['"])((?:\\.|(?!\3)[^\\])*)\3\s*)?\)\s*\Z""")
 _HOSTNAME = re.compile(r"""\s*(?:Socket\.gethostname|hostname)\s*\Z""")
 
 
@@ -194,10 +192,7 @@ class _Parser:
             if self.eof():
                 if is_root:
                     return
-                raise self.error(
-                    f"<{element.name}> opened at line {element.where.line} is never closed: "
-                    f"expected </{element.name}> before the end of the file"
-                )
+                raise self.error(f"<{element.name}> opened at line {element.where.line} is never closed: expected </{element.name}> before the end of the file")
             if self.startswith("</"):
                 self.parse_end_tag(element, is_root)
                 return
@@ -389,8 +384,7 @@ class _Parser:
             name = m.group(2)
             if name not in env:
                 raise self.error(
-                    f"environment variable {name!r} is not set "
-                    f"(write \"#{{ENV.fetch('{name}', 'default')}}\" to give a default)",
+                    f"environment variable {name!r} is not set (write \"#{{ENV.fetch('{name}', 'default')}}\" to give a default)",
                     line,
                 )
             return env[name]
@@ -405,8 +399,7 @@ class _Parser:
         if _HOSTNAME.match(code):
             return self.context.hostname
         raise self.error(
-            f"unsupported embedded code #{{{code}}}: only ENV['NAME'], "
-            "ENV.fetch('NAME', 'default') and Socket.gethostname are evaluated",
+            f"unsupported embedded code #{{{code}}}: only ENV['NAME'], ENV.fetch('NAME', 'default') and Socket.gethostname are evaluated",
             line,
         )
 
@@ -463,9 +456,7 @@ class _Parser:
                 chain = " -> ".join((*self.stack[self.stack.index(source.name) :], source.name))
                 raise ConfigSyntaxError(where, f"@include cycle: {chain}")
             if len(self.stack) >= MAX_INCLUDE_DEPTH:
-                raise ConfigSyntaxError(
-                    where, f"@include nested deeper than {MAX_INCLUDE_DEPTH} files (a cycle?)"
-                )
+                raise ConfigSyntaxError(where, f"@include nested deeper than {MAX_INCLUDE_DEPTH} files (a cycle?)")
             nested = _Parser(
                 source.text,
                 source.name,

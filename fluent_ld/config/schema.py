@@ -24,7 +24,12 @@ SYSTEM = Section(
         Param("log_level", Enum(*LOG_LEVELS), "info", "The lowest level of log lines the node writes."),
         Param("log_format", Enum("text", "json"), "text", "Log lines as readable text, or one JSON object per line."),
         Param("workers", Integer(1, 64), 1, "Worker processes; they share the forward port (SO_REUSEPORT) and each keeps its own stores."),
-        Param("pool_size", Integer(0, 256), None, "Processes per worker that decode, validate, map and encode records off the event loop (default: the cores available divided by workers; 0: all on the event loop)."),
+        Param(
+            "pool_size",
+            Integer(0, 256),
+            None,
+            "Processes per worker that decode, validate, map and encode records off the event loop (default: the cores available divided by workers; 0: all on the event loop).",
+        ),
     ),
 )
 
@@ -101,8 +106,7 @@ def validate_root(root: Element, catalogue: Mapping[str, Mapping[str, PluginSpec
         errors.append(
             ConfigError(
                 value.where,
-                f"parameter '{key}' is outside any section; parameters go inside <system>, "
-                "<source> or <match>",
+                f"parameter '{key}' is outside any section; parameters go inside <system>, <source> or <match>",
             )
         )
 
@@ -123,8 +127,7 @@ def validate_root(root: Element, catalogue: Mapping[str, Mapping[str, PluginSpec
             errors.append(
                 ConfigError(
                     element.where,
-                    f"section <{element.name}> is not supported at the top level; "
-                    "use <system>, <source> or <match>",
+                    f"section <{element.name}> is not supported at the top level; use <system>, <source> or <match>",
                 )
             )
             continue
@@ -145,9 +148,7 @@ def validate_root(root: Element, catalogue: Mapping[str, Mapping[str, PluginSpec
     )
 
 
-def _validate_plugin(
-    element: Element, known: Mapping[str, PluginSpec], errors: list[ConfigError]
-) -> PluginConf | None:
+def _validate_plugin(element: Element, known: Mapping[str, PluginSpec], errors: list[ConfigError]) -> PluginConf | None:
     kind = KINDS[element.name]
     pattern = None
     head = f"<{element.name}" + (f" {element.arg}" if element.arg else "") + ">"
@@ -224,6 +225,8 @@ def _check_shared(sources: list[PluginConf], specs: Mapping[str, PluginSpec], wo
             continue
         names = {param.name for param in spec.section.params}
         if "path" in names and p.conf.is_given("path"):
-            errors.append(ConfigError(p.conf.where_of("path"), f"{p.label}: a Unix socket cannot be shared by {workers} workers; listen on a TCP port, or run one worker"))
+            errors.append(
+                ConfigError(p.conf.where_of("path"), f"{p.label}: a Unix socket cannot be shared by {workers} workers; listen on a TCP port, or run one worker")
+            )
         elif "port" in names and getattr(p.conf, "port", None) == 0:  # missing when the value was refused
             errors.append(ConfigError(p.conf.where_of("port"), f"{p.label}: port 0 (any free port) cannot be shared by {workers} workers; set a port"))

@@ -17,8 +17,8 @@ from typing import TextIO
 
 from fluent_ld.config.loader import load
 from fluent_ld.dev.ldserver import LaunchDarklyServer
-from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.durable import DurableOutput
+from fluent_ld.pipeline.node import Node
 
 __all__ = ["DEFAULT_CONFIG", "SAMPLE_EVENTS", "run_demo"]
 
@@ -28,11 +28,14 @@ DEMO_TOKEN = "api-demo-0000-token"
 # The import guide's own example first (datafly.track("Order Completed", {...}) for an anonymous visitor),
 # then one of each event the Default preset maps, and two it does not take.
 SAMPLE_EVENTS = [
-    {"type": "track", "event": "Order Completed", "anonymous_id": "a1b2c3d4-anonymous-id",
-     "timestamp": "2025-06-06T08:53:20.000Z",
-     "properties": {"order_id": "ORD-1001", "revenue": 89.99, "currency": "GBP"}},
-    {"type": "page", "anonymous_id": "a1b2c3d4-anonymous-id", "name": "Pricing",
-     "properties": {"path": "/pricing", "title": "Pricing"}},
+    {
+        "type": "track",
+        "event": "Order Completed",
+        "anonymous_id": "a1b2c3d4-anonymous-id",
+        "timestamp": "2025-06-06T08:53:20.000Z",
+        "properties": {"order_id": "ORD-1001", "revenue": 89.99, "currency": "GBP"},
+    },
+    {"type": "page", "anonymous_id": "a1b2c3d4-anonymous-id", "name": "Pricing", "properties": {"path": "/pricing", "title": "Pricing"}},
     {"type": "track", "event": "Signed Up", "userId": "user-1002", "properties": {"plan": "team"}},
     {"type": "track", "event": "Product Viewed", "user_id": "user-1002", "properties": {"sku": "SKU-7", "value": 24.0}},
     {"type": "track", "event": "Product Added", "user_id": "user-1002", "properties": {"sku": "SKU-7", "value": 24.0, "quantity": 2}},
@@ -79,8 +82,7 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
         await node.start()
         try:
             port = node.sources[0][1].port  # type: ignore[attr-defined]  # the forward source
-            print(f"fluent-ld is listening for forward clients on 127.0.0.1:{port}; "
-                  f"LaunchDarkly-compatible server on {server.url}.", file=out)
+            print(f"fluent-ld is listening for forward clients on 127.0.0.1:{port}; LaunchDarkly-compatible server on {server.url}.", file=out)
             sent = await asyncio.get_running_loop().run_in_executor(None, _send_with_fluent_logger, port)
             print(f"Sent {sent} Signal events with fluent-logger.\n", file=out)
             output = node.outputs[0][1]
@@ -91,7 +93,14 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
             for request in server.requests:
                 print(f"POST {request.path} -> {request.status}", file=out)
                 for name, value in _mask(request.headers).items():
-                    if name.lower() in ("authorization", "content-type", "x-launchdarkly-event-schema", "user-agent", "x-launchdarkly-payload-id", "content-encoding"):
+                    if name.lower() in (
+                        "authorization",
+                        "content-type",
+                        "x-launchdarkly-event-schema",
+                        "user-agent",
+                        "x-launchdarkly-payload-id",
+                        "content-encoding",
+                    ):
                         print(f"  {name}: {value}", file=out)
                 print(json.dumps(request.events, indent=2), file=out)
             assert isinstance(output, DurableOutput)

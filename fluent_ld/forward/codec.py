@@ -26,8 +26,8 @@ import pickle
 import struct
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -74,6 +74,7 @@ _HEAD = 5
 # Packed entries are fed to their unpacker in pieces this big: decoding streams through the payload
 # (cache-friendly) instead of copying all of it into the unpacker first.
 _FEED = 256 * 1024
+
 
 class ProtocolError(Exception):
     """The peer sent something that is not the forward protocol (or breaks a limit): close the
@@ -236,9 +237,7 @@ class Decoder:
         self.lazy = lazy
         # Fed every byte; finds where each message ends without building anything. It keeps only
         # what it has not skipped yet: a small first buffer (it grows as needed).
-        self._framer = msgpack.Unpacker(
-            read_size=min(16384, limits.chunk_size_limit), max_buffer_size=limits.chunk_size_limit
-        )
+        self._framer = msgpack.Unpacker(read_size=min(16384, limits.chunk_size_limit), max_buffer_size=limits.chunk_size_limit)
         # The stream from the start of the message being framed, as the pieces it came in (joined
         # once, when the message is whole: no copy of a growing buffer per read).
         self._parts: deque[bytes | memoryview] = deque()
@@ -285,7 +284,7 @@ class Decoder:
                 return
             piece = view[:room]
             self._feed(piece)
-            view = view[len(piece):]
+            view = view[len(piece) :]
 
     def _feed(self, data: bytes | memoryview) -> None:
         if not data:
@@ -555,7 +554,7 @@ def open_request(frame: Frame, limits: DecoderLimits, skip_invalid_event: bool, 
         request.mode = "message"
         request.entries = _entries(request, iter(((time, record),)), skip_invalid_event, now_ns)
     else:
-        payload = body[_STR_HEADER[first]:]
+        payload = body[_STR_HEADER[first] :]
         compressed = option.get("compressed")
         if compressed in (None, "text"):
             request.mode = "packed_forward"

@@ -68,9 +68,7 @@ class Handshake:
     """One connection's handshake. ``nonce`` and ``auth_salt`` must be fresh random bytes (16 each)
     per connection; ``auth_salt`` is sent only when user authentication is on."""
 
-    def __init__(
-        self, security: Security, peer: str, nonce: bytes, auth_salt: bytes, keepalive: bool = True
-    ) -> None:
+    def __init__(self, security: Security, peer: str, nonce: bytes, auth_salt: bytes, keepalive: bool = True) -> None:
         self.security = security
         self.peer = peer
         self.nonce = nonce
@@ -99,9 +97,7 @@ class Handshake:
         if not ok:
             return False, reason, encode_pong(False, reason, "", "")
         sec = self.security
-        digest = _hexdigest(
-            ping.salt, sec.self_hostname.encode(), self.nonce, shared_key.encode()
-        )
+        digest = _hexdigest(ping.salt, sec.self_hostname.encode(), self.nonce, shared_key.encode())
         return True, "", encode_pong(True, "", sec.self_hostname, digest)
 
     def _verify(self, ping: Ping) -> tuple[bool, str, str]:

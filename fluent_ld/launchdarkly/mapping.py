@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -27,7 +27,7 @@ __all__ = ["INVALID", "UNMAPPED", "Mapper", "Rejection"]
 INVALID = "invalid"  # LaunchDarkly would drop it: dead-letter it with the reason
 UNMAPPED = "unmapped"  # the preset does not map it: count it and skip it
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _PLAIN = (str, int, float, bool)
 
@@ -59,19 +59,11 @@ class Mapper:
         self.preset = preset
         self.record_key = record_key
         self.schemas = schemas(preset)
-        self._validators = {
-            name: jsonschema_rs.validator_for(schema, validate_formats=True)
-            for name, schema in self.schemas.items()
-        }
+        self._validators = {name: jsonschema_rs.validator_for(schema, validate_formats=True) for name, schema in self.schemas.items()}
         # Field paths as tuples; a one-segment path is kept as a plain key (a dict lookup, no loop).
-        self._contexts = [
-            (c.kind, [p if "." not in p else tuple(p.split(".")) for p in c.key]) for c in preset.contexts
-        ]
+        self._contexts = [(c.kind, [p if "." not in p else tuple(p.split(".")) for p in c.key]) for c in preset.contexts]
         # Per mapped event, what the hot path needs in one lookup: key, validator, metric path.
-        self._events = {
-            name: (rule, self._validators[name], _path(rule.metric_value))
-            for name, rule in preset.events.items()
-        }
+        self._events = {name: (rule, self._validators[name], _path(rule.metric_value)) for name, rule in preset.events.items()}
 
     # -- the hot path --------------------------------------------------------------------------
 
@@ -127,11 +119,7 @@ class Mapper:
                     context_keys[kind_name] = value
                     break
         event["contextKeys"] = context_keys
-        event["data"] = {
-            k: v
-            for k, v in props.items()
-            if k != skip and type(v) in _PLAIN and (type(v) is not float or math.isfinite(v))
-        }
+        event["data"] = {k: v for k, v in props.items() if k != skip and type(v) in _PLAIN and (type(v) is not float or math.isfinite(v))}
         return event
 
     def map_encoded(self, record: Any, time_ns: int) -> bytes | Rejection:
@@ -162,14 +150,9 @@ class Mapper:
     def explain(self, record: Any, name: str) -> str:
         """Why ``record`` fails its schema: the JSON path of the first problem and what it is."""
         schema = self.schemas.get(name) or self.schemas["envelope"]
-        validator = jsonschema.Draft202012Validator(
-            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-        )
+        validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         errors = list(validator.iter_errors(record))
-        identity = [
-            e for e in errors
-            if e.validator == "anyOf" and str(e.schema.get("description", "")).startswith("An identity")
-        ]
+        identity = [e for e in errors if e.validator == "anyOf" and str(e.schema.get("description", "")).startswith("An identity")]
         # A precise error (a field of the wrong type) explains more than "no identity" does.
         best = jsonschema.exceptions.best_match(e for e in errors if e not in identity)
         if best is None and identity:
@@ -217,4 +200,3 @@ def _non_finite(value: Any, path: str = "") -> str | None:
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
-

@@ -25,22 +25,20 @@ __all__ = [
 
 EVENT = Section(
     "event",
-    "Override or add the mapping of one Signal event (`page` for page calls); what is not given "
-    "here comes from the preset.",
+    "Override or add the mapping of one Signal event (`page` for page calls); what is not given here comes from the preset.",
     params=(
         Param("key", String(), None, "The LaunchDarkly event key (must equal the metric's event key)."),
         Param("metric_value", String(), None, "The property (path under `properties`) that gives metricValue."),
         Param("metric_value_required", Bool(), None, "Reject the event when it has no metric value."),
         Param("required_properties", Array(spaces=True), None, "Properties the event must have."),
     ),
-    arg=Arg("name", "The Signal event name, e.g. \"Order Completed\"."),
+    arg=Arg("name", 'The Signal event name, e.g. "Order Completed".'),
     multi=True,
 )
 
 CONTEXT = Section(
     "context",
-    "A context kind and where its key comes from; several sections send several kinds. Given any, "
-    "they replace the preset's.",
+    "A context kind and where its key comes from; several sections send several kinds. Given any, they replace the preset's.",
     params=(
         Param("kind", String(), "user", "The LaunchDarkly context kind."),
         Param(
@@ -55,7 +53,12 @@ CONTEXT = Section(
 
 MAPPING_PARAMS = (
     Param("preset", String(), "default", "A built-in preset name, or a path to a preset JSON file."),
-    Param("unmapped_events", Enum("skip", "derive"), None, "Events the preset does not map: skip them, or send them with a snake_case key derived from their name (default: the preset's)."),
+    Param(
+        "unmapped_events",
+        Enum("skip", "derive"),
+        None,
+        "Events the preset does not map: skip them, or send them with a snake_case key derived from their name (default: the preset's).",
+    ),
     Param("record_key", String(), None, "The record carries the event under this key (e.g. `log` from Fluent Bit's tail)."),
     Param("parse", Enum("json"), "json", "How the `record_key` value is read when it is a string."),
 )
@@ -76,7 +79,7 @@ def build_preset(conf: Conf) -> Preset:
             raise error
 
         def pick(name, default):
-            value = section[name]
+            value = section[name]  # noqa: B023  # called within this iteration
             return value if value is not None else default
 
         events.append(

@@ -11,15 +11,15 @@ import random
 import time
 
 from fluent_ld import metrics
-from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
 from fluent_ld.launchdarkly.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_preset, check_mapping
+from fluent_ld.launchdarkly.response import launchdarkly_outcome
+from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
-from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
-from fluent_ld.launchdarkly.response import launchdarkly_outcome
 from fluent_ld.outputs.outcome import Outcome
+from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.store import Batch
 
 
@@ -35,11 +35,21 @@ class LaunchDarklyOutput(DurableOutput):
             Param("access_token", String(), REQUIRED, "A token with importEventData, sent raw in Authorization.", secret=True),
             Param("project_key", String(), REQUIRED, "The LaunchDarkly project key."),
             Param("environment_key", String(), REQUIRED, "The LaunchDarkly environment key, e.g. production."),
-            Param("events_host", String(), "events.launchdarkly.com", "events.launchdarkly.com, events.eu.launchdarkly.com or events.launchdarkly.us (or a full http(s):// base URL)."),
+            Param(
+                "events_host",
+                String(),
+                "events.launchdarkly.com",
+                "events.launchdarkly.com, events.eu.launchdarkly.com or events.launchdarkly.us (or a full http(s):// base URL).",
+            ),
             Param("compress", Enum("text", "gzip"), "text", "gzip sends bodies with Content-Encoding: gzip."),
             Param("request_timeout", Time(min=0.01), 30.0, "How long one request may take before it is retried."),
             Param("max_concurrent_requests", Integer(1, 64), 4, "Requests in flight at once."),
-            Param("user_agent", String(), USER_AGENT, "The User-Agent of every request; LaunchDarkly attributes imports by it (keep the default unless told otherwise)."),
+            Param(
+                "user_agent",
+                String(),
+                USER_AGENT,
+                "The User-Agent of every request; LaunchDarkly attributes imports by it (keep the default unless told otherwise).",
+            ),
             *MAPPING_PARAMS,
         ),
         sections=(*MAPPING_SECTIONS, BUFFER),
@@ -52,7 +62,10 @@ class LaunchDarklyOutput(DurableOutput):
         host = conf.events_host
         if host not in KNOWN_HOSTS and not host.startswith(("http://", "https://")):
             errors.append(
-                ConfigError(conf.where_of("events_host"), f"{label}: parameter 'events_host': expected one of {', '.join(KNOWN_HOSTS)} or a full http(s):// URL, got {host!r}")
+                ConfigError(
+                    conf.where_of("events_host"),
+                    f"{label}: parameter 'events_host': expected one of {', '.join(KNOWN_HOSTS)} or a full http(s):// URL, got {host!r}",
+                )
             )
         if not conf.user_agent.strip():
             errors.append(ConfigError(conf.where_of("user_agent"), f"{label}: parameter 'user_agent': must not be empty"))
@@ -64,8 +77,14 @@ class LaunchDarklyOutput(DurableOutput):
         self.mapper = self.encoder.mapper
         self.concurrency = conf.max_concurrent_requests
         self.sender = Sender(
-            conf.events_host, conf.project_key, conf.environment_key, conf.access_token.reveal(),
-            conf.compress == "gzip", conf.request_timeout, conf.max_concurrent_requests, conf.user_agent,
+            conf.events_host,
+            conf.project_key,
+            conf.environment_key,
+            conf.access_token.reveal(),
+            conf.compress == "gzip",
+            conf.request_timeout,
+            conf.max_concurrent_requests,
+            conf.user_agent,
         )
 
     async def open(self) -> None:
@@ -87,8 +106,22 @@ class LaunchDarklyOutput(DurableOutput):
         metrics.REQUEST_SECONDS.labels(self.id).observe(seconds)
         ok = status is not None and 200 <= status < 300
         metrics.REQUEST_LOG.add(
-            self.id, self.sender.url, batch.payload_id, batch.count, len(batch.data) + self.body_overhead, status, seconds, "" if ok else answer.text,
+            self.id,
+            self.sender.url,
+            batch.payload_id,
+            batch.count,
+            len(batch.data) + self.body_overhead,
+            status,
+            seconds,
+            "" if ok else answer.text,
         )
         return launchdarkly_outcome(
-            status, answer.text, answer.retry_after, batch.count, batch.attempts, self.policy, time.time(), random.random(),
+            status,
+            answer.text,
+            answer.retry_after,
+            batch.count,
+            batch.attempts,
+            self.policy,
+            time.time(),
+            random.random(),
         )

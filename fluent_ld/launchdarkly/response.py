@@ -17,10 +17,15 @@ AUTH_FIXES = {
 }
 
 
-
 def launchdarkly_outcome(
-    status: int | None, text: str, retry_after: str | None, count: int, attempts: int,
-    policy: RetryPolicy, now: float, draw: float,
+    status: int | None,
+    text: str,
+    retry_after: str | None,
+    count: int,
+    attempts: int,
+    policy: RetryPolicy,
+    now: float,
+    draw: float,
 ) -> Outcome:
     """The import API's answer (``status`` None: no answer came, ``text`` says why) to a batch of
     ``count`` events sent ``attempts`` times before. The API's documented rules: 2xx accepted;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -39,7 +38,17 @@ class Answer:
 
 
 class Sender:
-    def __init__(self, events_host: str, project_key: str, environment_key: str, token: str, compress: bool, timeout: float, max_concurrent: int, user_agent: str = USER_AGENT) -> None:
+    def __init__(
+        self,
+        events_host: str,
+        project_key: str,
+        environment_key: str,
+        token: str,
+        compress: bool,
+        timeout: float,
+        max_concurrent: int,
+        user_agent: str = USER_AGENT,
+    ) -> None:
         self.url = f"{base_url(events_host)}/v2/event-data-import/{quote(project_key, safe='')}/{quote(environment_key, safe='')}"
         self.token = token
         self.compress = compress
@@ -89,7 +98,7 @@ class Sender:
             async with self.session.post(self.url, data=data, headers=self.headers(batch), allow_redirects=False) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, text[:2000], response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Answer(None, f"no answer within {self.timeout:g}s")
         except aiohttp.ClientError as exc:
             return Answer(None, f"{type(exc).__name__}: {exc}")

@@ -122,7 +122,9 @@ class StoreHealth:
             self.down = True
             self.log.error(
                 "The store cannot commit (%s): nothing more is acknowledged; sources hold their requests and "
-                "retry every %gs. Free disk space; nothing already stored is lost.", exc, STORE_RETRY_INTERVAL,
+                "retry every %gs. Free disk space; nothing already stored is lost.",
+                exc,
+                STORE_RETRY_INTERVAL,
             )
         return BufferFullError(f"the store cannot commit: {exc}", lambda: asyncio.sleep(STORE_RETRY_INTERVAL))
 

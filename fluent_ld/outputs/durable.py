@@ -18,13 +18,13 @@ import time
 from typing import ClassVar
 
 from fluent_ld import metrics
-from fluent_ld.pipeline.admission import DeadLetter, Encoded
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import Conf
 from fluent_ld.outputs.buffer import Room, StoreHealth, open_store, refresh_store_metrics, store_for, watermarks
 from fluent_ld.outputs.outcome import Bury, Delivered, Outcome, Pause, Retry, Split, expired
-from fluent_ld.plugin import BufferFullError, Output
 from fluent_ld.outputs.retry import RetryPolicy
+from fluent_ld.pipeline.admission import DeadLetter, Encoded
+from fluent_ld.plugin import BufferFullError, Output
 from fluent_ld.store import Batch, StoreError
 
 __all__ = ["DEAD_LETTER_LOG_INTERVAL", "DurableOutput", "PAUSE_PROBE_INTERVAL"]
@@ -114,7 +114,10 @@ class DurableOutput(Output):
         self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"drain:{self.id}")
         self.log.info(
             "%s Store %s holds %d undelivered %s and %d dead letters.",
-            self.started(), self.store.path or "memory (lost on a crash)", self.store.pending_events, self.noun,
+            self.started(),
+            self.store.path or "memory (lost on a crash)",
+            self.store.pending_events,
+            self.noun,
             self.store.dead_letter_count,
         )
 
@@ -144,9 +147,7 @@ class DurableOutput(Output):
         if self.store.pending_bytes >= self.high:
             self.room.close()
             self.count("backpressure_refusals")
-            raise BufferFullError(
-                f"{self.store.pending_bytes} undelivered bytes is over high_watermark ({self.high})", self.room.wait
-            )
+            raise BufferFullError(f"{self.store.pending_bytes} undelivered bytes is over high_watermark ({self.high})", self.room.wait)
         dead = encoded.dead
         if encoded.lengths or dead:
             try:
@@ -210,7 +211,7 @@ class DurableOutput(Output):
             self._update_room()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _send(self, batch: Batch) -> None:
@@ -254,7 +255,12 @@ class DurableOutput(Output):
             self.count("batches_split")
             self.log.warning(
                 "%s answered %d to a batch of %d %s (%s); splitting it in two to isolate what it refuses.",
-                self.receiver, outcome.status, batch.count, self.noun, outcome.text[:200], extra={"halves": [h.payload_id for h in halves]},
+                self.receiver,
+                outcome.status,
+                batch.count,
+                self.noun,
+                outcome.text[:200],
+                extra={"halves": [h.payload_id for h in halves]},
             )
         elif type(outcome) is Bury:
             await self.store.bury(batch, outcome.kind, outcome.reason, outcome.status)
@@ -265,7 +271,10 @@ class DurableOutput(Output):
             if self.paused_for is None or self.paused_for.status != outcome.status:
                 self.log.error(
                     "%s answered %d: %s. Nothing is dropped; the output is paused and tries one batch again every %gs.",
-                    self.receiver, outcome.status, outcome.fix, self._probe_interval(),
+                    self.receiver,
+                    outcome.status,
+                    outcome.fix,
+                    self._probe_interval(),
                 )
             self.paused_for = outcome
             metrics.AUTH_ERROR.labels(self.id).set(outcome.status)
@@ -285,7 +294,12 @@ class DurableOutput(Output):
             metrics.RETRIES.labels(self.id).inc()
             self.log.warning(
                 "Sending %d %s failed (%s); attempt %d, next in %.1fs with the same payload id %s.",
-                batch.count, self.noun, outcome.reason[:200], batch.attempts + 1, outcome.delay, batch.payload_id,
+                batch.count,
+                self.noun,
+                outcome.reason[:200],
+                batch.attempts + 1,
+                outcome.delay,
+                batch.payload_id,
             )
 
     @property
@@ -309,7 +323,12 @@ class DurableOutput(Output):
         self._dead_logged[kind] = (now, 0)
         self.log.error(
             "%d %s went to the dead-letter store as %s%s; the latest: %s. See them with 'fluent-ld dlq list --id %s'.",
-            since, self.noun, kind, f" in the last {now - last:.0f}s" if since > n else "", reason[:300], self.id,
+            since,
+            self.noun,
+            kind,
+            f" in the last {now - last:.0f}s" if since > n else "",
+            reason[:300],
+            self.id,
             extra={"kind": kind, "dead_lettered": since},
         )
 

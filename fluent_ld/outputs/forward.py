@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
 from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
-from fluent_ld import metrics
-from fluent_ld.pipeline.admission import ForwardEncoder
 from fluent_ld.encode import gzip_body
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.outputs.outcome import Delivered, Outcome, transport_failure
+from fluent_ld.pipeline.admission import ForwardEncoder
 from fluent_ld.store import Batch
 
 SERVER = Section(
@@ -111,10 +111,7 @@ class ForwardOutput(DurableOutput):
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
         super().__init__(conf, plugin_id, worker)
-        self.servers = [
-            _Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal())
-            for s in conf.server
-        ]
+        self.servers = [_Server(s.host, s.port, s.name or f"{s.host}:{s.port}", s.weight, s.standby, s.username, s.password.reveal()) for s in conf.server]
         self.encoder = ForwardEncoder()
         self._heartbeat_task: asyncio.Task | None = None
 
@@ -138,7 +135,7 @@ class ForwardOutput(DurableOutput):
         started = time.perf_counter()
         try:
             await self._write(server, batch)
-        except (OSError, asyncio.TimeoutError, _SendError, ssl.SSLError, msgpack.UnpackException, ValueError) as exc:
+        except (TimeoutError, OSError, _SendError, ssl.SSLError, msgpack.UnpackException, ValueError) as exc:
             metrics.REQUESTS.labels(self.id, "error").inc()
             self._failed_server(server, exc)
             return transport_failure(f"{server.name}: {exc or type(exc).__name__}", batch.attempts, self.policy, random.random())
@@ -156,7 +153,9 @@ class ForwardOutput(DurableOutput):
 
     def _failed_server(self, server: _Server, exc: BaseException) -> None:
         if server.healthy:
-            self.log.warning("Server %s failed (%s): trying the others and probing it every %gs.", server.name, exc or type(exc).__name__, self.conf.heartbeat_interval)
+            self.log.warning(
+                "Server %s failed (%s): trying the others and probing it every %gs.", server.name, exc or type(exc).__name__, self.conf.heartbeat_interval
+            )
         server.healthy = False
         self._drop(server)
 
@@ -245,7 +244,7 @@ class ForwardOutput(DurableOutput):
                 try:
                     _, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port), self.conf.connect_timeout)
                     writer.close()
-                except (OSError, asyncio.TimeoutError):
+                except (TimeoutError, OSError):
                     continue
                 server.healthy = True
                 self.log.info("Server %s answers again.", server.name)

@@ -59,6 +59,7 @@ class Retry:
 
 Outcome = Delivered | Split | Bury | Pause | Retry
 
+
 def expired(policy: RetryPolicy, created_at: float, attempts: int, now: float) -> Bury | None:
     """A batch past ``retry_timeout`` is not sent again: it goes to the dead letters."""
     if not policy.expired(created_at, now):

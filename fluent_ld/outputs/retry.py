@@ -4,7 +4,7 @@ give-up by age. Pure: the random draw and the clock come in as arguments."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -53,5 +53,5 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when is None:
         return None
     if when.tzinfo is None:  # asctime and '-0000' dates come back naive: HTTP dates are GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)

@@ -109,7 +109,9 @@ class LaunchDarklyEncoder(Encoder):
             if type(result) is bytes:
                 size = len(result)
                 if size > cap:
-                    dead.append(DeadLetter("too_large", f"the encoded event is {size} bytes, over chunk_limit_size", None, tag, time_ns, record_json(record), result))
+                    dead.append(
+                        DeadLetter("too_large", f"the encoded event is {size} bytes, over chunk_limit_size", None, tag, time_ns, record_json(record), result)
+                    )
                     continue
                 keep(result)
                 measure(size)

@@ -7,13 +7,13 @@ import gc
 import logging
 
 from fluent_ld import metrics
-from fluent_ld.pipeline.admission import Admitted, CountEncoder, Decoding, Encoder, encode_frame
 from fluent_ld.config.schema import NodeConfig, PluginConf
 from fluent_ld.forward.codec import Frame
-from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
+from fluent_ld.pipeline.admission import Admitted, CountEncoder, Decoding, Encoder, encode_frame
 from fluent_ld.pipeline.pool import Pool, PoolUnavailable, default_size
-from fluent_ld.registry import output_class, source_class
 from fluent_ld.pipeline.router import Router
+from fluent_ld.plugin import Entries, Output, Plugin, Source, StartError
+from fluent_ld.registry import output_class, source_class
 
 __all__ = ["Node", "POOL_MIN_BYTES"]
 

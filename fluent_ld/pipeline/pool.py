@@ -24,8 +24,8 @@ from collections import deque
 from typing import Any
 
 from fluent_ld import metrics
-from fluent_ld.pipeline.admission import Admitted, Decoding, Encoder
 from fluent_ld.forward.codec import Frame, ProtocolError
+from fluent_ld.pipeline.admission import Admitted, Decoding, Encoder
 from fluent_ld.pipeline.pool_process import HEAD, LENGTH, buffer, pack, unpack
 
 __all__ = ["Pool", "PoolError", "PoolUnavailable", "default_size"]
@@ -153,9 +153,12 @@ class Pool:
             return
         metrics.POOL_DEATHS.inc()
         log.error(
-            "Pool process %d (pid %s) %s; the %d request(s) it held were not acknowledged and "
-            "their clients will send them again. Starting another in %gs.",
-            process.number, process.pid, why, process.lost, process.wait,
+            "Pool process %d (pid %s) %s; the %d request(s) it held were not acknowledged and their clients will send them again. Starting another in %gs.",
+            process.number,
+            process.pid,
+            why,
+            process.lost,
+            process.wait,
         )
         task = asyncio.get_running_loop().create_task(process.respawn())
         self._restarts.add(task)
@@ -344,7 +347,7 @@ class _Process:
             loop = asyncio.get_running_loop()
             try:
                 await asyncio.wait_for(loop.run_in_executor(None, self.popen.wait), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.popen.kill()
                 await loop.run_in_executor(None, self.popen.wait)
 

@@ -21,8 +21,8 @@ import struct
 import sys
 from typing import Any
 
-from fluent_ld.pipeline.admission import encode_frame
 from fluent_ld.forward.codec import ProtocolError
+from fluent_ld.pipeline.admission import encode_frame
 
 # A message: HEAD (the pickle's length, how many out-of-band buffers follow), one LENGTH per buffer,
 # the pickle (protocol 5), then the buffers. The bytes of a request and of its encoded events travel

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from fluent_ld.config.errors import ConfigErrors
 from fluent_ld.config.loader import load
 from fluent_ld.config.schema import NodeConfig
-from fluent_ld.pipeline.node import Node
 from fluent_ld.outputs.durable import DurableOutput
+from fluent_ld.pipeline.node import Node
 from fluent_ld.plugin import StartError
 
 __all__ = ["Runner", "load_for_reload"]
@@ -114,7 +114,8 @@ def load_for_reload(path: str, workers: int) -> NodeConfig | None:
     if config.system.workers != workers:
         log.error(
             "Reload refused: <system> workers changed from %d to %d, which needs a restart; the running config is kept.",
-            workers, config.system.workers,
+            workers,
+            config.system.workers,
         )
         return None
     return config
@@ -145,7 +146,10 @@ def _hand_over_memory_stores(old: Node, new: Node, stores: dict | None = None) -
         elif store is not None and isinstance(out, DurableOutput) and out.store.path is None:
             log.warning(
                 "Output %s changes from @type %s to %s: the %d events in its memory buffer are not handed over (another format) and are lost.",
-                pc.id, store.kind, out.store.kind, store.pending_events,
+                pc.id,
+                store.kind,
+                out.store.kind,
+                store.pending_events,
             )
     for pc, out in old.outputs:
         if pc.id in handed:

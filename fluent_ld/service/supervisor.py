@@ -114,7 +114,7 @@ class Supervisor:
         for worker in running:
             try:
                 await asyncio.wait_for(worker.proc.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("Worker %d did not stop within %gs: killing it (what it acknowledged is stored).", worker.number, STOP_TIMEOUT)
                 worker.proc.kill()
                 await worker.proc.wait()
@@ -184,7 +184,7 @@ class Supervisor:
     async def _next_status(self, worker: _Worker, timeout: float) -> str:
         try:
             return await asyncio.wait_for(worker.status.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"no answer within {timeout:g}s"
 
     async def _keep(self, worker: _Worker) -> None:
@@ -266,7 +266,7 @@ def _remove_orphaned_folders() -> None:
         if not name.startswith(FOLDER_PREFIX):
             continue
         try:
-            pid = int(name[len(FOLDER_PREFIX):].split("-", 1)[0])
+            pid = int(name[len(FOLDER_PREFIX) :].split("-", 1)[0])
             if pid == os.getpid():  # this pid's earlier life (PID 1 in a restarted container)
                 raise ProcessLookupError
             os.kill(pid, 0)

@@ -180,9 +180,7 @@ class ForwardSource(Source):
         if len(self.connections) >= self.conf.max_connections:
             self.count("connections_refused")
             self.closed_for("refused")
-            self.log.warning(
-                "Refusing a connection from %s: max_connections (%d) reached.", conn.peer, self.conf.max_connections
-            )
+            self.log.warning("Refusing a connection from %s: max_connections (%d) reached.", conn.peer, self.conf.max_connections)
             return False
         self.connections.add(conn)
         self.count("connections")
@@ -224,13 +222,16 @@ class ForwardSource(Source):
                 # Workers each bind the same port; the kernel spreads connections across them.
                 shared = getattr(self.emitter, "workers", 1) > 1
                 self._server = await loop.create_server(
-                    lambda: ForwardConnection(self), conf.bind, conf.port, ssl=tls, backlog=1024,
-                    reuse_address=True, reuse_port=shared or None,
+                    lambda: ForwardConnection(self),
+                    conf.bind,
+                    conf.port,
+                    ssl=tls,
+                    backlog=1024,
+                    reuse_address=True,
+                    reuse_port=shared or None,
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
-                self._udp, _ = await loop.create_datagram_endpoint(
-                    _Heartbeat, local_addr=(conf.bind, self.port), reuse_port=shared or None
-                )
+                self._udp, _ = await loop.create_datagram_endpoint(_Heartbeat, local_addr=(conf.bind, self.port), reuse_port=shared or None)
                 where = f"{conf.bind}:{self.port}"
         except OSError as exc:
             await self.stop()
@@ -288,9 +289,7 @@ class ForwardSource(Source):
                 try:
                     infos = await loop.getaddrinfo(client.host, None, type=socket.SOCK_STREAM)
                 except OSError as exc:
-                    raise StartError(
-                        f"{client.where}: <client> host {client.host!r} cannot be resolved: {exc}"
-                    ) from exc
+                    raise StartError(f"{client.where}: <client> host {client.host!r} cannot be resolved: {exc}") from exc
                 networks = tuple({ipaddress.ip_network(info[4][0]) for info in infos})
             key = client.shared_key.reveal() if client.shared_key is not None else None
             clients.append(Client(networks, key, tuple(client.users)))
@@ -308,9 +307,7 @@ class ForwardSource(Source):
         if transport is None or transport.arg != "tls":
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = (
-            ssl.TLSVersion.TLSv1_3 if transport.min_version == "TLS1_3" else ssl.TLSVersion.TLSv1_2
-        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_3 if transport.min_version == "TLS1_3" else ssl.TLSVersion.TLSv1_2
         passphrase = transport.private_key_passphrase
         try:
             context.load_cert_chain(

@@ -21,7 +21,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fluent_ld.pipeline.admission import Admitted, Decoding
 from fluent_ld.forward.codec import (
     Decoder,
     DecoderLimits,
@@ -33,6 +32,7 @@ from fluent_ld.forward.codec import (
     encode_ack,
 )
 from fluent_ld.forward.handshake import Handshake, Security
+from fluent_ld.pipeline.admission import Admitted, Decoding
 from fluent_ld.plugin import BufferFullError, Emitter
 
 __all__ = ["ConnectionSettings", "ForwardConnection", "Listener", "Pause", "State"]
@@ -289,9 +289,7 @@ class ForwardConnection(asyncio.Protocol):
             return
         self.listener.count("handshake_failures")
         self.listener.closed_for("handshake")
-        self.listener.log.warning(
-            "Handshake refused for %s (client hostname %r): %s.", self.peer, ping.hostname, reason
-        )
+        self.listener.log.warning("Handshake refused for %s (client hostname %r): %s.", self.peer, ping.hostname, reason)
         self.close()
 
     def _handshake_timed_out(self) -> None:
@@ -337,8 +335,7 @@ class ForwardConnection(asyncio.Protocol):
             except Exception:
                 listener.count("admit_failures")
                 listener.log.exception(
-                    "Records from %s (tag %r) were not admitted; no ack is sent, so the client "
-                    "will send them again.",
+                    "Records from %s (tag %r) were not admitted; no ack is sent, so the client will send them again.",
                     self.peer,
                     frame.tag,
                 )
@@ -393,9 +390,7 @@ class ForwardConnection(asyncio.Protocol):
             if self.peer_address:
                 try:
                     loop = asyncio.get_running_loop()
-                    host, _ = await asyncio.wait_for(
-                        loop.getnameinfo((self.peer_address, 0)), timeout=5
-                    )
+                    host, _ = await asyncio.wait_for(loop.getnameinfo((self.peer_address, 0)), timeout=5)
                     self.hostname = host
                 except (OSError, TimeoutError):
                     pass  # keep the address: a missing reverse record is not an error
@@ -456,12 +451,7 @@ class ForwardConnection(asyncio.Protocol):
         room in its destination nor for its client to read its acks (silence the server asked
         for), nothing pending, not already closing (closing it again would count and log it again
         while its last acks are flushed)."""
-        return (
-            self.state in _READING
-            and not self.pause_reasons
-            and not self.pending
-            and self.last_activity < since
-        )
+        return self.state in _READING and not self.pause_reasons and not self.pending and self.last_activity < since
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -509,8 +499,7 @@ class ForwardConnection(asyncio.Protocol):
                 await asyncio.wait_for(asyncio.shield(self.worker), timeout)
             except TimeoutError:
                 self.listener.log.warning(
-                    "%d request(s) from %s were not admitted before shutdown; they were not "
-                    "acked and the client will send them again.",
+                    "%d request(s) from %s were not admitted before shutdown; they were not acked and the client will send them again.",
                     len(self.pending),
                     self.peer,
                 )
@@ -526,8 +515,6 @@ class ForwardConnection(asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(self.lost_waiter), max(deadline - loop.time(), 0.2))
         except TimeoutError:
-            self.listener.log.warning(
-                "Dropping the connection from %s at shutdown: it did not read its acks.", self.peer
-            )
+            self.listener.log.warning("Dropping the connection from %s at shutdown: it did not read its acks.", self.peer)
             if self.transport:
                 self.transport.abort()

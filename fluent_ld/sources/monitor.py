@@ -23,7 +23,11 @@ from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Integer, Param, Section, String
 from fluent_ld.plugin import Source, StartError
 
-AUTH_MEANING = {401: "the access token is invalid", 403: "the access token lacks importEventData", 404: "the project or environment key is wrong, or the account is on another cell"}
+AUTH_MEANING = {
+    401: "the access token is invalid",
+    403: "the access token lacks importEventData",
+    404: "the project or environment key is wrong, or the account is on another cell",
+}
 
 
 class MonitorAgentSource(Source):
@@ -103,8 +107,7 @@ class MonitorAgentSource(Source):
             if labels.get("plugin_id") in outputs and value:
                 status = int(value)
                 problems.append(
-                    f"{labels['plugin_id']}: paused since LaunchDarkly answered {status} "
-                    f"({AUTH_MEANING.get(status, 'see the log')}); nothing is dropped"
+                    f"{labels['plugin_id']}: paused since LaunchDarkly answered {status} ({AUTH_MEANING.get(status, 'see the log')}); nothing is dropped"
                 )
         body = {"ready": not problems, "problems": sorted(problems)}
         return web.json_response(body, status=200 if not problems else 503)

@@ -103,9 +103,7 @@ class LaunchDarklyWebhookSource(Source):
         self.policy = compile_policy(conf.policy) if conf.policy is not None else None
         self.secret = conf.secret.reveal().encode() if conf.secret is not None else None
         self.port: int | None = None
-        self.seen = SeenIds(
-            os.path.join(conf.state_path, f"{plugin_id}.sqlite3") if conf.state_path else None, conf.dedup_window
-        )
+        self.seen = SeenIds(os.path.join(conf.state_path, f"{plugin_id}.sqlite3") if conf.state_path else None, conf.dedup_window)
         self._runner: web.AppRunner | None = None
         self._held: list[tuple[int, int, dict, asyncio.Future]] = []  # (date, seq, entry, future)
         self._seq = itertools.count()
@@ -330,6 +328,7 @@ class SeenIds:
     async def open(self) -> None:
         path = self.path
         if path is not None:
+
             def connect() -> sqlite3.Connection:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -339,6 +338,7 @@ class SeenIds:
                 # Also added to a store whose table lacks it.
                 conn.execute("CREATE INDEX IF NOT EXISTS seen_at ON seen (at)")
                 return conn
+
             try:
                 self._conn = await asyncio.to_thread(connect)
             except (OSError, sqlite3.Error) as exc:

@@ -223,7 +223,11 @@ def parse_specifier(text: str) -> Specifier:
                 break
         segments.append(
             Segment(
-                type_, name, tuple(tags), tuple(properties), tuple(views),
+                type_,
+                name,
+                tuple(tags),
+                tuple(properties),
+                tuple(views),
                 _glob(name) if name is not None else None,
             )
         )
@@ -395,19 +399,15 @@ def _warnings(statement: Statement) -> list[str]:
 
 def _compile_statement(statement: Any, number: int) -> Statement:
     if not isinstance(statement, dict):
-        raise PolicyError(
-            f"statement {number}: must be an object with 'effect', 'actions' or 'notActions', and 'resources' or 'notResources'"
-        )
+        raise PolicyError(f"statement {number}: must be an object with 'effect', 'actions' or 'notActions', and 'resources' or 'notResources'")
     unknown = sorted(str(k) for k in statement if k not in KEYS)
     if unknown:
-        raise PolicyError(
-            f"statement {number}: unknown field {', '.join(repr(k) for k in unknown)} (known: {', '.join(KEYS)})"
-        )
+        raise PolicyError(f"statement {number}: unknown field {', '.join(repr(k) for k in unknown)} (known: {', '.join(KEYS)})")
     if "effect" not in statement:
-        raise PolicyError(f"statement {number}: field 'effect' is missing (\"allow\" or \"deny\")")
+        raise PolicyError(f'statement {number}: field \'effect\' is missing ("allow" or "deny")')
     effect = statement["effect"]
     if effect not in (ALLOW, DENY):
-        raise PolicyError(f"statement {number}: field 'effect' must be \"allow\" or \"deny\", not {effect!r}")
+        raise PolicyError(f'statement {number}: field \'effect\' must be "allow" or "deny", not {effect!r}')
     actions, negate_actions = _one_of(statement, "actions", "notActions", number)
     raw_resources, negate_resources = _one_of(statement, "resources", "notResources", number)
     key = "notResources" if negate_resources else "resources"
@@ -418,7 +418,12 @@ def _compile_statement(statement: Any, number: int) -> Statement:
         except _Malformed as exc:
             raise PolicyError(f"statement {number}: field '{key}' item {index} {text!r}: {exc}") from None
     return Statement(
-        number, effect, actions, negate_actions, tuple(specifiers), negate_resources,
+        number,
+        effect,
+        actions,
+        negate_actions,
+        tuple(specifiers),
+        negate_resources,
         tuple(_glob(a) for a in actions),
     )
 

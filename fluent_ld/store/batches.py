@@ -77,8 +77,13 @@ class Half:
 
 
 def cut_is_due(
-    first_admitted_at: float | None, estimated_body: int | None, events: int | None,
-    now: float, linger: float, max_body: int, max_records: int,
+    first_admitted_at: float | None,
+    estimated_body: int | None,
+    events: int | None,
+    now: float,
+    linger: float,
+    max_body: int,
+    max_records: int,
 ) -> bool:
     """Whether pending events are cut now: once the oldest pending row has waited ``linger``
     seconds, or a full batch is waiting. ``estimated_body``: the waiting events' bytes plus one
@@ -90,7 +95,11 @@ def cut_is_due(
 
 def plan_cuts(
     rows: Iterable[tuple[int, str | None, Sequence[int], int, int]],
-    max_body: int, max_records: int, seplen: int, framing: int, limit: int = MAX_BATCHES_PER_CUT,
+    max_body: int,
+    max_records: int,
+    seplen: int,
+    framing: int,
+    limit: int = MAX_BATCHES_PER_CUT,
 ) -> Iterator[Cut]:
     """Freeze waiting events, in order, into batches that fit the limits exactly, at most
     ``limit`` of them.

@@ -8,8 +8,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.encode import pack_lengths
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.store.rows import insert_pending
 
 __all__ = ["COLUMNS", "insert", "purge", "read", "readmit", "tag_runs"]
@@ -45,8 +45,13 @@ def purge(conn: sqlite3.Connection, ids: Sequence[int] | None) -> int:
 
 
 def readmit(
-    conn: sqlite3.Connection, events: Sequence[tuple[str | None, bytes]], sep: bytes, oldest_ms: int, now: float,
-    letter_ids: Sequence[int], reasons: Mapping[int, str],
+    conn: sqlite3.Connection,
+    events: Sequence[tuple[str | None, bytes]],
+    sep: bytes,
+    oldest_ms: int,
+    now: float,
+    letter_ids: Sequence[int],
+    reasons: Mapping[int, str],
 ) -> int:
     """Append ``events`` (tag, fragment) as pending rows, one per run of one tag, delete the
     letters they came from and give letters kept their new reasons. Returns the letters deleted."""

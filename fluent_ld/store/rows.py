@@ -59,8 +59,15 @@ def insert_pending(conn: sqlite3.Connection, tag: str | None, data: Any, packed:
 
 
 def insert_batch(
-    conn: sqlite3.Connection, tag: str | None, data: bytes, lengths: Sequence[int], nbytes: int, oldest_ms: int,
-    created_at: float, retry_at: float, segments: Sequence[Segment],
+    conn: sqlite3.Connection,
+    tag: str | None,
+    data: bytes,
+    lengths: Sequence[int],
+    nbytes: int,
+    oldest_ms: int,
+    created_at: float,
+    retry_at: float,
+    segments: Sequence[Segment],
 ) -> Batch:
     """A new frozen batch referring to ``segments``; each row it refers to counts the reference."""
     payload_id = str(uuid.uuid4())
@@ -99,17 +106,24 @@ def split_batch(conn: sqlite3.Connection, batch: Batch, halves: Sequence[Half], 
     longer stored (a stale Batch: nothing to split)."""
     if not is_stored(conn, batch):
         return []
-    out = [
-        insert_batch(conn, batch.tag, h.data, h.lengths, sum(h.lengths), batch.oldest_ms, batch.created_at, now, h.segments)
-        for h in halves
-    ]
+    out = [insert_batch(conn, batch.tag, h.data, h.lengths, sum(h.lengths), batch.oldest_ms, batch.created_at, now, h.segments) for h in halves]
     drop_batch(conn, batch)  # after the halves took their references: the rows stay
     return out
 
 
 def load_batch(
-    conn: sqlite3.Connection, sep: bytes, batch_id: int, payload_id: str, tag: str | None, segments: bytes,
-    lengths: bytes, count: int, nbytes: int, oldest_ms: int, created_at: float, attempts: int,
+    conn: sqlite3.Connection,
+    sep: bytes,
+    batch_id: int,
+    payload_id: str,
+    tag: str | None,
+    segments: bytes,
+    lengths: bytes,
+    count: int,
+    nbytes: int,
+    oldest_ms: int,
+    created_at: float,
+    attempts: int,
 ) -> Batch:
     """A batch with its bytes, joined from the pending rows it refers to (always the same bytes:
     those rows are never rewritten while a batch refers to them). Only the bytes the batch holds
@@ -202,9 +216,7 @@ def status(conn: sqlite3.Connection) -> dict[str, Any]:
     p = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(count - taken), 0), COALESCE(SUM(bytes - taken_bytes), 0), MIN(oldest_ms) FROM pending WHERE taken < count"
     ).fetchone()
-    b = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms), MAX(attempts) FROM batches"
-    ).fetchone()
+    b = conn.execute("SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(oldest_ms), MAX(attempts) FROM batches").fetchone()
     d = conn.execute("SELECT kind, COUNT(*) FROM dead_letters GROUP BY kind ORDER BY kind").fetchall()
     oldest = min([x for x in (p[3], b[3]) if x is not None], default=None)
     return {

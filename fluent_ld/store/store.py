@@ -35,7 +35,13 @@ class Store:
     node that may be writing: no lock, no migration, nothing recorded."""
 
     def __init__(
-        self, path: str | None, separator: bytes = b",", framing: int = 2, *, kind: str | None = None, readonly: bool = False,
+        self,
+        path: str | None,
+        separator: bytes = b",",
+        framing: int = 2,
+        *,
+        kind: str | None = None,
+        readonly: bool = False,
     ) -> None:
         self.path = path
         self.separator = separator
@@ -48,7 +54,10 @@ class Store:
         self._appended_at = 0.0  # when an append last committed
         self._lock: str | None = None
         self._writer = Writer(
-            self, path or "memory store", self._connect, separator,
+            self,
+            path or "memory store",
+            self._connect,
+            separator,
             checkpoint=path if path is not None and not self.readonly else None,
             begin="BEGIN" if self.readonly else "BEGIN IMMEDIATE",
         )
@@ -190,9 +199,7 @@ class Store:
 
     async def postpone_all(self, until: float) -> None:
         """Push every batch's next attempt to at least ``until`` (a pause of the whole output)."""
-        await self._call(
-            lambda conn, store: conn.execute("UPDATE batches SET next_attempt_at = ? WHERE next_attempt_at < ?", (until, until))
-        )
+        await self._call(lambda conn, store: conn.execute("UPDATE batches SET next_attempt_at = ? WHERE next_attempt_at < ?", (until, until)))
 
     async def split(self, batch: Batch, now: float) -> list[Batch]:
         """Replace a batch with its two halves, each a new frozen batch with a new payload id."""
@@ -234,7 +241,10 @@ class Store:
         return await self._call(lambda conn, store: dead_letters.read(conn, limit, ids))
 
     async def readmit(
-        self, events: Sequence[tuple[str | None, bytes]], letter_ids: Sequence[int], oldest_ms: int,
+        self,
+        events: Sequence[tuple[str | None, bytes]],
+        letter_ids: Sequence[int],
+        oldest_ms: int,
         reasons: Mapping[int, str] | None = None,
     ) -> int:
         """Put dead letters back among the pending events, in one transaction: ``events`` (tag,
@@ -243,9 +253,7 @@ class Store:
         how many letters were deleted."""
         now = time.time()
         reasons = reasons or {}
-        deleted = await self._call(
-            lambda conn, store: dead_letters.readmit(conn, events, store.separator, oldest_ms, now, letter_ids, reasons)
-        )
+        deleted = await self._call(lambda conn, store: dead_letters.readmit(conn, events, store.separator, oldest_ms, now, letter_ids, reasons))
         self.pending_events += len(events)
         self.pending_bytes += sum(len(f) for _, f in events)
         self.dead_letter_count -= deleted

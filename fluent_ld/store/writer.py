@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.encode import pack_lengths
+from fluent_ld.pipeline.admission import DeadLetter
 from fluent_ld.store import dead_letters
 from fluent_ld.store.errors import StoreError
 from fluent_ld.store.rows import insert_pending
@@ -59,8 +59,13 @@ class Writer:
     take the write lock from the node beside it)."""
 
     def __init__(
-        self, owner: Any, label: str, connect: Callable[[], sqlite3.Connection], separator: bytes,
-        checkpoint: str | None, begin: str = "BEGIN IMMEDIATE",
+        self,
+        owner: Any,
+        label: str,
+        connect: Callable[[], sqlite3.Connection],
+        separator: bytes,
+        checkpoint: str | None,
+        begin: str = "BEGIN IMMEDIATE",
     ) -> None:
         self.owner = owner
         self.label = label  # the store's path, or "memory store", for errors
@@ -317,8 +322,13 @@ def merge(appends: list[Append], sep: bytes) -> Append:
     if not full:
         return Append(appends[0].tag, b"", lengths, 0, 0, dead, appends[0].now)
     return Append(
-        appends[0].tag, sep.join(a.data for a in full), lengths, sum(a.nbytes for a in full),
-        min(a.oldest_ms for a in full), dead, min(a.now for a in full),
+        appends[0].tag,
+        sep.join(a.data for a in full),
+        lengths,
+        sum(a.nbytes for a in full),
+        min(a.oldest_ms for a in full),
+        dead,
+        min(a.now for a in full),
     )
 
 

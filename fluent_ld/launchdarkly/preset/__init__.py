@@ -126,9 +126,7 @@ def check_event_rule(rule: EventRule, what: str) -> None:
 
 def check_context_rule(rule: ContextRule, what: str) -> None:
     if not _KIND.fullmatch(rule.kind) or rule.kind in _RESERVED_KINDS:
-        raise PresetError(
-            f"{what}: a context kind is letters, digits, '.', '_' or '-', and not 'kind' or 'multi'"
-        )
+        raise PresetError(f"{what}: a context kind is letters, digits, '.', '_' or '-', and not 'kind' or 'multi'")
     if not rule.key:
         raise PresetError(f"{what}: 'key' needs at least one field path")
     for p in rule.key:

@@ -28,10 +28,7 @@ def load_preset(name_or_path: str, base_dir: str = ".") -> Preset:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a usable file name"
             if isinstance(exc, UnicodeDecodeError):
                 reason = f"not UTF-8 text (byte {exc.start})"
-            raise PresetError(
-                f"preset {name_or_path!r} is neither a built-in preset ({', '.join(BUILTIN_PRESETS)}) "
-                f"nor a readable file: {reason}"
-            ) from None
+            raise PresetError(f"preset {name_or_path!r} is neither a built-in preset ({', '.join(BUILTIN_PRESETS)}) nor a readable file: {reason}") from None
         source = path
     try:
         data = json.loads(text)

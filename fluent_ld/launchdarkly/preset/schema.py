@@ -35,11 +35,7 @@ def _at_path(path: str, leaf: dict[str, Any], required: bool) -> dict[str, Any]:
 
 def _identity(preset: Preset) -> list[dict[str, Any]]:
     non_empty = {"type": "string", "minLength": 1}
-    return [
-        _at_path(path, dict(non_empty), required=True)
-        for context in preset.contexts
-        for path in context.key
-    ]
+    return [_at_path(path, dict(non_empty), required=True) for context in preset.contexts for path in context.key]
 
 
 def _identity_types(preset: Preset) -> list[dict[str, Any]]:
