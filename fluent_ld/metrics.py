@@ -105,6 +105,30 @@ AUTH_ERROR = Gauge(
     multiprocess_mode="livemax",
 )
 
+# -- verification (launchdarkly output, verify_on_start) ----------------------------------------------
+VERIFY_STATUS = Gauge(
+    "fluentld_verify_status",
+    "The last check against LaunchDarkly's REST API: 0 every mapped event will count, 1 some will not (a key with no metric, a numeric metric without a value), 2 could not tell (network, 401/403).",
+    _PLUGIN,
+    multiprocess_mode="livemax",
+)
+VERIFY_METRIC_FOUND = Gauge(
+    "fluentld_verify_metric_found",
+    "1 when the project has a custom metric on this mapped event key, 0 when none: such events are accepted and count nowhere.",
+    ["plugin_id", "key"],
+    multiprocess_mode="livemin",
+)
+EVENTS_WITHOUT_METRIC = Counter(
+    "fluentld_events_without_metric_total",
+    "Events delivered for a key no LaunchDarkly metric uses (as of the last check): accepted with 202, counted in no experiment.",
+    ["plugin_id", "key"],
+)
+STALE_EVENTS = Counter(
+    "fluentld_stale_events_total",
+    "Events sent with a creationDate older than stale_after: LaunchDarkly discards those outside the running iteration.",
+    ["plugin_id", "key"],
+)
+
 # -- sources ------------------------------------------------------------------------------------------
 FORWARD_CONNECTIONS = Counter("fluentld_forward_connections_total", "Forward connections accepted, by worker.", ["plugin_id", "worker"])
 FORWARD_OPEN = Gauge("fluentld_forward_open_connections", "Forward connections open now.", _PLUGIN, multiprocess_mode="livesum")
