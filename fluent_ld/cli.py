@@ -212,6 +212,39 @@ def _mapping_conf(args: argparse.Namespace):
     return mapping_conf(preset_element(args.preset) if args.preset else None, "--preset")
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Every LaunchDarkly output of the config (or the one with --id) against LaunchDarkly's REST
+    API: 0 every mapped event will count, 1 something will not, 2 cannot tell."""
+    import json
+
+    from fluent_ld.config.errors import ConfigError, Where
+    from fluent_ld.config.loader import load
+    from fluent_ld.dev.demo import DEFAULT_CONFIG
+    from fluent_ld.launchdarkly.output import LaunchDarklyOutput
+    from fluent_ld.launchdarkly.verification import render
+
+    path = args.config or DEFAULT_CONFIG
+    try:
+        config = load(path)
+        outputs = [pc for pc in config.matches if pc.type_name == "launchdarkly" and (not args.id or pc.id == args.id)]
+        if not outputs:
+            which = f" with @id {args.id}" if args.id else ""
+            raise ConfigErrors([ConfigError(Where(path, 0), f"no <match> with @type launchdarkly{which}")])
+    except ConfigErrors as exc:
+        _print_errors(exc)
+        return EXIT_FAILED
+
+    async def check() -> list:
+        return [(pc.id, await LaunchDarklyOutput(pc.conf, pc.id).check_metrics()) for pc in outputs]
+
+    results = asyncio.run(check())
+    if args.json:
+        print(json.dumps({plugin_id: report.to_json() for plugin_id, report in results}, indent=2))
+    else:
+        print("\n\n".join(render(plugin_id, report) for plugin_id, report in results))
+    return max(report.status for _, report in results)
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
     import time
 
@@ -541,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--limit", type=int, default=1000, help="list/show at most this many")
     dlq.add_argument("--all", action="store_true", help="purge: every dead letter")
     dlq.set_defaults(func=_cmd_dlq)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check against LaunchDarkly's REST API that every mapped event has a metric (exit 0: all count, 1: some will not, 2: cannot tell)",
+    )
+    verify.add_argument("-c", "--config", metavar="FILE", help="the config (default: the packaged one, from LD_* variables)")
+    verify.add_argument("--id", metavar="ID", help="only the LaunchDarkly output with this @id")
+    verify.add_argument("--json", action="store_true", help="the reports as JSON")
+    verify.set_defaults(func=_cmd_verify)
 
     mapper = sub.add_parser("map", help="dry run: map Signal events (JSON lines) and print each result and why")
     mapper.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="JSON lines (default: stdin)")

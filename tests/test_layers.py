@@ -17,6 +17,7 @@ CORE = [
     "launchdarkly/preset/schema",
     "launchdarkly/mapping",
     "launchdarkly/response",
+    "launchdarkly/verification",
     "pipeline/admission",
     "pipeline/router",
     "encode",

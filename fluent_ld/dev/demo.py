@@ -16,7 +16,9 @@ from importlib import resources
 from typing import TextIO
 
 from fluent_ld.config.loader import load
-from fluent_ld.dev.ldserver import LaunchDarklyServer
+from fluent_ld.dev.ldserver import LaunchDarklyServer, metric
+from fluent_ld.launchdarkly.output import LaunchDarklyOutput
+from fluent_ld.launchdarkly.verification import render
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.pipeline.node import Node
 
@@ -65,8 +67,19 @@ def _mask(headers: dict[str, str]) -> dict[str, str]:
     return {k: (v[:4] + "..." + v[-4:] if k.lower() == "authorization" else v) for k, v in headers.items()}
 
 
+# The demo project's metrics: one per key the Default preset maps but begin_checkout, so that the
+# verification shows what a key with no metric looks like.
+DEMO_METRICS = [
+    metric("orders", "order_completed", numeric=True, name="Orders (revenue)"),
+    metric("signups", "sign_up", name="Sign-ups"),
+    metric("page-views", "page_view", name="Page views"),
+    metric("product-views", "product_viewed", numeric=True, name="Product views"),
+    metric("add-to-cart", "add_to_cart", numeric=True, name="Added to cart"),
+]
+
+
 async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
-    server = LaunchDarklyServer(DEMO_TOKEN)
+    server = LaunchDarklyServer(DEMO_TOKEN, metrics={"default": DEMO_METRICS})
     await server.start()
     with tempfile.TemporaryDirectory(prefix="fluent-ld-demo-") as store_dir:
         env = {
@@ -113,6 +126,10 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
             )
             for letter in letters:
                 print(f"  dead letter: {letter['kind']}: {letter['reason']}", file=out)
+            assert isinstance(output, LaunchDarklyOutput)
+            print("\nWill they count? `fluent-ld verify` against the server's REST API (its project has a metric", file=out)
+            print("for every mapped key but begin_checkout):\n", file=out)
+            print(render(output.id, await output.check_metrics()), file=out)
             return 0 if len(server.events) == expected else 1
         finally:
             await node.stop()

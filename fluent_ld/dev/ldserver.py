@@ -7,6 +7,11 @@ deduplicates by ``X-LaunchDarkly-Payload-ID`` as LaunchDarkly does. Faults can b
 for the next requests (``503, 503`` then normal), ``Retry-After``, slow answers, dropped connections,
 connections reset after part of the body, answers lost or late after the events were accepted, and
 events to refuse.
+
+It also answers the few REST API (``/api/v2``) reads that ``fluent-ld verify`` makes: a project, an
+environment, and a project's metrics (paged, ``limit``/``offset`` with a ``next`` link), with the
+REST token checked (401) and a scripted status for every REST read (``rest_fault``: 401, 403, 404,
+500...).
 """
 
 from __future__ import annotations
@@ -22,10 +27,21 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["Fault", "LaunchDarklyServer", "ReceivedRequest"]
+__all__ = ["Fault", "LaunchDarklyServer", "ReceivedRequest", "metric"]
 
 BODY_LIMIT = 10_000_000
 IMPORT_PATH = "/v2/event-data-import/{project}/{environment}"
+# A page of metrics holds at most this many (LaunchDarkly's default page is 20).
+METRICS_PAGE = 20
+
+
+def metric(key: str, event_key: str | None = None, numeric: bool = False, kind: str = "custom", name: str | None = None) -> dict[str, Any]:
+    """A metric as the REST API lists it (the fields verify reads)."""
+    out: dict[str, Any] = {"key": key, "name": name or key.replace("-", " ").title(), "kind": kind, "_links": {"self": {"href": f"/api/v2/metrics/p/{key}"}}}
+    if kind == "custom":
+        out["eventKey"] = event_key if event_key is not None else key
+        out["isNumeric"] = numeric
+    return out
 
 
 @dataclass
@@ -67,9 +83,17 @@ class LaunchDarklyServer:
         projects: dict[str, list[str]] | None = None,
         refuse: Callable[[dict], str | None] | None = None,
         keep: bool = True,
+        metrics: dict[str, list[dict[str, Any]]] | None = None,
+        api_token: str | None = None,
     ) -> None:
-        """``keep=False``: remember only counts, not bodies and events (benchmarks, soak runs)."""
+        """``keep=False``: remember only counts, not bodies and events (benchmarks, soak runs).
+        ``metrics``: each project's metrics for the REST API (see :func:`metric`); ``api_token``:
+        the token the REST API takes (default: ``token``)."""
         self.token = token
+        self.api_token = api_token if api_token is not None else token
+        self.metrics = metrics if metrics is not None else {}
+        self.rest_fault: int | None = None  # answer every REST read with this status
+        self.rest_requests: list[str] = []  # the REST paths read, with their queries
         self.keep = keep
         self.unique_events = 0  # events accepted, each payload once
         self.projects = projects if projects is not None else {"default": ["production", "test"]}
@@ -96,6 +120,10 @@ class LaunchDarklyServer:
     async def start(self, port: int = 0) -> None:
         app = web.Application(client_max_size=BODY_LIMIT * 2)
         app.router.add_post(IMPORT_PATH, self._import)
+        app.router.add_get("/api/v2/projects/{project}", self._project)
+        app.router.add_get("/api/v2/projects/{project}/environments", self._environments)
+        app.router.add_get("/api/v2/projects/{project}/environments/{environment}", self._environment)
+        app.router.add_get("/api/v2/metrics/{project}", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -190,6 +218,65 @@ class LaunchDarklyServer:
         elif not payload_id:
             self.accepted[f"no-id-{len(self.requests)}"] = kept
         return answer(202, "", events, duplicate=duplicate)
+
+    # -- the REST API reads --------------------------------------------------------------------------
+
+    def _rest_refusal(self, request: web.Request) -> web.Response | None:
+        self.rest_requests.append(request.path_qs)
+        if self.rest_fault is not None:
+            return web.json_response({"code": "scripted", "message": f"scripted {self.rest_fault}"}, status=self.rest_fault)
+        if request.headers.get("Authorization") != self.api_token:
+            return web.json_response({"code": "unauthorized", "message": "Invalid access token"}, status=401)
+        return None
+
+    def _not_found(self) -> web.Response:
+        return web.json_response({"code": "not_found", "message": "Unknown resource"}, status=404)
+
+    async def _project(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        project = request.match_info["project"]
+        if project not in self.projects:
+            return self._not_found()
+        return web.json_response({"key": project, "name": project, "environments": {"items": [{"key": e, "name": e} for e in self.projects[project]]}})
+
+    async def _environments(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        project = request.match_info["project"]
+        if project not in self.projects:
+            return self._not_found()
+        items = [{"key": e, "name": e} for e in self.projects[project]]
+        return web.json_response({"items": items, "totalCount": len(items)})
+
+    async def _environment(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        project, environment = request.match_info["project"], request.match_info["environment"]
+        if environment not in self.projects.get(project, []):
+            return self._not_found()
+        return web.json_response({"key": environment, "name": environment})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        project = request.match_info["project"]
+        if project not in self.projects:
+            return self._not_found()
+        try:
+            limit = max(1, min(int(request.query.get("limit", METRICS_PAGE)), METRICS_PAGE))
+            offset = max(0, int(request.query.get("offset", 0)))
+        except ValueError:
+            return web.json_response({"code": "invalid_request", "message": "limit and offset are numbers"}, status=400)
+        everything = self.metrics.get(project, [])
+        links: dict[str, Any] = {"self": {"href": f"/api/v2/metrics/{project}?limit={limit}&offset={offset}"}}
+        if offset + limit < len(everything):
+            links["next"] = {"href": f"/api/v2/metrics/{project}?limit={limit}&offset={offset + limit}"}
+        return web.json_response({"items": everything[offset : offset + limit], "totalCount": len(everything), "_links": links})
 
 
 async def serve_forever(port: int, token: str) -> None:  # pragma: no cover - used by hand

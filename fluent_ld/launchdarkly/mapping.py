@@ -58,6 +58,7 @@ class Mapper:
     def __init__(self, preset: Preset, record_key: str | None = None) -> None:
         self.preset = preset
         self.record_key = record_key
+        self.last_created = 0  # the creationDate of the last event mapped (the encoder keeps the oldest)
         self.schemas = schemas(preset)
         self._validators = {name: jsonschema_rs.validator_for(schema, validate_formats=True) for name, schema in self.schemas.items()}
         # Field paths as tuples; a one-segment path is kept as a plain key (a dict lookup, no loop).
@@ -102,6 +103,7 @@ class Mapper:
         if created is None:
             return Rejection(INVALID, "timestamp: not a date-time this node can read", record, name)
         event: dict[str, Any] = {"kind": "custom", "key": rule.key, "creationDate": created}
+        self.last_created = created
         skip = None
         if metric_path is not None:
             value = props.get(metric_path) if type(metric_path) is str else _get(props, metric_path)  # type: ignore[arg-type]  # type() is faster than isinstance here, and mypy does not narrow it

@@ -7,20 +7,30 @@ deliver: POST a frozen batch to the metric event import API; what the answer mea
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 import time
+from collections import Counter
+from typing import Any
 
 from fluent_ld import metrics
 from fluent_ld.config.errors import ConfigError
-from fluent_ld.config.params import REQUIRED, Enum, Integer, Param, Section, String, Time
+from fluent_ld.config.params import REQUIRED, Bool, Enum, Integer, Param, Section, String, Time
 from fluent_ld.launchdarkly.mapping_config import MAPPING_PARAMS, MAPPING_SECTIONS, build_preset, check_mapping
 from fluent_ld.launchdarkly.response import launchdarkly_outcome
+from fluent_ld.launchdarkly.rest import verify
 from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
+from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
-from fluent_ld.outputs.outcome import Outcome
+from fluent_ld.outputs.outcome import Delivered, Outcome
 from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.store import Batch
+
+# The head of every event the mapping encodes (orjson keeps the order the mapper builds): its key
+# and its creationDate, read from a delivered batch only when there is something to count.
+_EVENT_HEAD = re.compile(rb'\{"kind":"custom","key":"((?:[^"\\]|\\.)*)","creationDate":(-?\d+)')
 
 
 class LaunchDarklyOutput(DurableOutput):
@@ -50,6 +60,27 @@ class LaunchDarklyOutput(DurableOutput):
                 USER_AGENT,
                 "The User-Agent of every request; LaunchDarkly attributes imports by it (keep the default unless told otherwise).",
             ),
+            Param(
+                "api_host",
+                String(),
+                None,
+                "LaunchDarkly's REST API, for verify (default: the one serving events_host's accounts: app.launchdarkly.com, app.eu.launchdarkly.com, app.launchdarkly.us; a full http(s):// events_host is its own).",
+            ),
+            Param(
+                "api_token",
+                String(),
+                None,
+                "A token that can read the project's metrics (Reader role), for verify; sent raw in Authorization (default: access_token).",
+                secret=True,
+            ),
+            Param("verify_on_start", Bool(), False, "Check at start, and every verify_interval, that every mapped event has a metric (see fluent-ld verify)."),
+            Param("verify_interval", Time(min=10), 600.0, "How often verify_on_start checks again."),
+            Param(
+                "stale_after",
+                Time(min=1),
+                24 * 3600.0,
+                "Events whose creationDate is older are still sent (backfills are legitimate) but counted per key: LaunchDarkly discards events outside the running iteration.",
+            ),
             *MAPPING_PARAMS,
         ),
         sections=(*MAPPING_SECTIONS, BUFFER),
@@ -73,8 +104,14 @@ class LaunchDarklyOutput(DurableOutput):
 
     def __init__(self, conf, plugin_id, worker: int = 0) -> None:
         super().__init__(conf, plugin_id, worker)
-        self.encoder = LaunchDarklyEncoder(build_preset(conf), conf.record_key, conf.buffer.chunk_limit_size - 2)  # a body is [ + events + ]
+        self.preset = build_preset(conf)
+        self.encoder = LaunchDarklyEncoder(self.preset, conf.record_key, conf.buffer.chunk_limit_size - 2)  # a body is [ + events + ]
         self.mapper = self.encoder.mapper
+        self.api_base = api_base(conf.events_host, conf.api_host)
+        self.verification: dict[str, Any] | None = None  # the last check's report (verify_on_start), as JSON
+        self.missing_keys: frozenset[str] = frozenset()  # mapped keys with no metric, as of the last check that could tell
+        self.stale_counts: Counter[str] = Counter()  # events sent older than stale_after, by key
+        self._verifier: asyncio.Task | None = None
         self.concurrency = conf.max_concurrent_requests
         self.sender = Sender(
             conf.events_host,
@@ -89,9 +126,69 @@ class LaunchDarklyOutput(DurableOutput):
 
     async def open(self) -> None:
         await self.sender.start()
+        if self.conf.verify_on_start:
+            self._verifier = asyncio.get_running_loop().create_task(self._verify_every(), name=f"verify:{self.id}")
 
     async def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.cancel()
+            await asyncio.gather(self._verifier, return_exceptions=True)
         await self.sender.close()
+
+    async def check_metrics(self) -> Report:
+        """What ``fluent-ld verify`` reports for this output (one check, now)."""
+        conf = self.conf
+        token = (conf.api_token or conf.access_token).reveal()
+        return await verify(
+            self.api_base, token, conf.project_key, conf.environment_key, self.preset.events.values(), min(conf.request_timeout, 30.0), conf.user_agent
+        )
+
+    async def _verify_every(self) -> None:
+        """verify_on_start: check now and every verify_interval; log the problems once per change."""
+        said: tuple[str, ...] | None = None
+        while True:
+            report = await self.check_metrics()
+            self.verification = report.to_json()
+            metrics.VERIFY_STATUS.labels(self.id).set(report.status)
+            if report.status != CANNOT_TELL:
+                self.missing_keys = report.missing
+                for k in report.keys:
+                    metrics.VERIFY_METRIC_FOUND.labels(self.id, k.key).set(1 if k.metrics else 0)
+            problems = report.problems()
+            if problems != said:
+                if not problems:
+                    self.log.info("Verified against LaunchDarkly: %s.", report.message)
+                elif report.status == CANNOT_TELL:
+                    self.log.warning("Cannot verify against LaunchDarkly: %s.", report.message)
+                else:
+                    self.log.error(
+                        "Verified against LaunchDarkly: %s (delivered anyway, and counted in fluentld_events_without_metric_total): %s",
+                        report.message,
+                        "; ".join(problems),
+                    )
+                said = problems
+            await asyncio.sleep(self.conf.verify_interval)
+
+    def _count_delivered(self, batch: Batch) -> None:
+        """Events delivered for keys with no metric, and stale ones, by key. Reads the batch only
+        when it can hold some: a key is missing, or its oldest event is past stale_after."""
+        cutoff_ms = int((time.time() - self.conf.stale_after) * 1000)
+        missing = self.missing_keys
+        if not missing and batch.oldest_ms >= cutoff_ms:
+            return
+        no_metric: Counter[str] = Counter()
+        stale: Counter[str] = Counter()
+        for match in _EVENT_HEAD.finditer(batch.data):
+            key = match.group(1).decode("utf-8", "replace")
+            if key in missing:
+                no_metric[key] += 1
+            if int(match.group(2)) < cutoff_ms:
+                stale[key] += 1
+        for key, n in no_metric.items():
+            metrics.EVENTS_WITHOUT_METRIC.labels(self.id, key).inc(n)
+        for key, n in stale.items():
+            metrics.STALE_EVENTS.labels(self.id, key).inc(n)
+        self.stale_counts.update(stale)
 
     def started(self) -> str:
         return f"Sending to {self.sender.url} as {self.conf.project_key}/{self.conf.environment_key}."
@@ -115,7 +212,7 @@ class LaunchDarklyOutput(DurableOutput):
             seconds,
             "" if ok else answer.text,
         )
-        return launchdarkly_outcome(
+        outcome = launchdarkly_outcome(
             status,
             answer.text,
             answer.retry_after,
@@ -125,3 +222,6 @@ class LaunchDarklyOutput(DurableOutput):
             time.time(),
             random.random(),
         )
+        if type(outcome) is Delivered:
+            self._count_delivered(batch)
+        return outcome

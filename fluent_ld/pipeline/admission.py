@@ -95,7 +95,10 @@ class LaunchDarklyEncoder(Encoder):
         return (LaunchDarklyEncoder, (self.preset, self.record_key, self.cap))
 
     def encode(self, tag: str, entries: Entries) -> Encoded:
-        map_encoded, cap = self.mapper.map_encoded, self.cap
+        """``oldest_ms`` of the result: the oldest creationDate among the events kept (what
+        LaunchDarkly sees as their time, and what ``stale_after`` is measured against)."""
+        mapper = self.mapper
+        map_encoded, cap = mapper.map_encoded, self.cap
         fragments: list[bytes] = []
         keep = fragments.append
         lengths = array("I")
@@ -115,15 +118,16 @@ class LaunchDarklyEncoder(Encoder):
                     continue
                 keep(result)
                 measure(size)
-                if oldest is None or time_ns < oldest:
-                    oldest = time_ns
+                created = mapper.last_created
+                if oldest is None or created < oldest:
+                    oldest = created
             elif result.kind == INVALID:  # type: ignore[union-attr]  # a Rejection (type() is not narrowed)
                 dead.append(DeadLetter("invalid", result.reason, None, tag, time_ns, record_json(result.record)))  # type: ignore[union-attr]
             else:
                 unmapped += 1
         data = b",".join(fragments)
         nbytes = len(data) - max(len(fragments) - 1, 0)
-        return Encoded(data, lengths, nbytes, (oldest or 0) // 1_000_000, dead, records, unmapped)
+        return Encoded(data, lengths, nbytes, oldest or 0, dead, records, unmapped)
 
 
 class ForwardEncoder(Encoder):
