@@ -108,6 +108,8 @@ def test_demo(console_script):
     assert '"key": "order_completed"' in out and '"user": "a1b2c3d4-anonymous-id"' in out
     assert "Summary: 9 sent, 7 delivered to LaunchDarkly in" in out
     assert "dead letter: invalid: no identity" in out
+    assert "begin_checkout   -" in out and "PROBLEM: no custom metric" in out  # the verification
+    assert "WILL NOT COUNT: 1 of 6 mapped event(s) will not count" in out
 
 
 def test_run_without_config_needs_the_launchdarkly_settings(console_script):
