@@ -21,7 +21,7 @@ from fluent_ld.launchdarkly.mapping_config import MAPPING_PARAMS, MAPPING_SECTIO
 from fluent_ld.launchdarkly.response import launchdarkly_outcome
 from fluent_ld.launchdarkly.rest import verify
 from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
-from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base
+from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base, cannot_tell
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.outputs.outcome import Delivered, Outcome
@@ -147,7 +147,11 @@ class LaunchDarklyOutput(DurableOutput):
         """verify_on_start: check now and every verify_interval; log the problems once per change."""
         said: tuple[str, ...] | None = None
         while True:
-            report = await self.check_metrics()
+            try:
+                report = await self.check_metrics()
+            except Exception as exc:  # a bug: the check is advice, it must never stop the output
+                self.log.exception("Verifying against LaunchDarkly failed unexpectedly.")
+                report = cannot_tell(f"internal error: {exc!r}", self.api_base, time.time())
             self.verification = report.to_json()
             metrics.VERIFY_STATUS.labels(self.id).set(report.status)
             if report.status != CANNOT_TELL:

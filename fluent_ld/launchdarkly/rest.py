@@ -81,6 +81,8 @@ async def verify(
         return cannot_tell(str(exc), target, now)
     except _NotFound:
         return cannot_tell(f"the REST API answered 404 listing the metrics of project {project!r}", target, now)
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return cannot_tell(f"cannot reach the REST API at {base}: {exc or type(exc).__name__}", target, now)
+    except (ValueError, TypeError, AttributeError) as exc:  # JSON of another shape than the API's
+        return cannot_tell(f"the REST API at {base} answered something else than expected: {exc!r}", target, now)
     return assess(rules, metrics, target, now)
