@@ -489,7 +489,7 @@ def test_kubernetes_keeps_a_store_per_node_across_restarts(k8s):
 
 def test_kubernetes_command_reads_the_config_map(k8s):
     container, pod, config_map = k8s["container"], k8s["pod"], k8s["config_map"]
-    command = [*container.get("command", []), *container.get("args", [])]
+    command = [*container.get("command", ["fluent-ld"]), *container.get("args", [])]  # the image's entrypoint runs fluent-ld
     assert command[:2] == ["fluent-ld", "run"]
     path = command[command.index("-c") + 1]
     (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]
