@@ -319,7 +319,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fluent_ld.dev.demo import run_demo
 
     _setup_logging("warn")
-    return asyncio.run(run_demo(sys.stdout))
+    return asyncio.run(run_demo(sys.stdout, serve=args.serve))
 
 
 def _stores(args: argparse.Namespace):
@@ -543,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     docs.set_defaults(func=_cmd_config_docs)
 
     demo = sub.add_parser("demo", help="run the whole path locally: node, LaunchDarkly-compatible server, sample events")
+    demo.add_argument("--serve", action="store_true", help="then keep running, with the Event Debugger on a local port, until Ctrl-C")
     demo.set_defaults(func=_cmd_demo)
 
     send = sub.add_parser("send", help="send Signal events (JSON lines) to a forward endpoint, for backfills and trials")

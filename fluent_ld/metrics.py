@@ -220,18 +220,78 @@ def samples(reg: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], floa
 # -- recent requests ----------------------------------------------------------------------------------
 
 REQUEST_LOG_SIZE = 200
+# What the Event Debugger (monitor_agent's ``debugger true``) shows of a request's body: its first
+# events, parsed from at most its first bytes (an event cut off there is left out), kept by the
+# newest requests only. Event contents carry user ids: they are kept only while a debugger is on.
+DEBUG_EVENTS = 5
+DEBUG_BODY_BYTES = 4096
+DEBUG_EVENTS_KEPT = 50  # ~200 KB at most, in memory and in a worker's shared file
+# In the multi-process folder while worker 0's monitor has a debugger on: the other workers keep
+# their requests' first events too.
+DEBUGGER_FILE = "debugger-on"
+
+
+def first_events(body: bytes, limit: int = DEBUG_EVENTS, max_bytes: int = DEBUG_BODY_BYTES) -> list[Any]:
+    """The first ``limit`` events of a JSON array body (or of its events joined by commas), parsed
+    from at most its first ``max_bytes``; an event that does not end within them is left out."""
+    text = bytes(body[:max_bytes]).decode("utf-8", "ignore")  # a cut character at the end only
+    decoder = json.JSONDecoder()
+    events: list[Any] = []
+    pos = 0
+    while len(events) < limit:
+        while pos < len(text) and text[pos] in " \t\r\n,[":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            event, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break  # cut off at max_bytes
+        events.append(event)
+    return events
 
 
 class RequestLog:
     """The last requests to LaunchDarkly, for ``/api/debug/requests``: the first place to look when
     an experiment shows no data. In a multi-worker node each worker also keeps its log in a file
-    beside the metrics (written at most once a second) so the monitor can merge them."""
+    beside the metrics (written at most once a second) so the monitor can merge them.
+
+    While a monitor has ``debugger true`` (:meth:`debugger`), the newest requests also keep their
+    first events (``first_events``), for the Event Debugger only."""
 
     def __init__(self, size: int = REQUEST_LOG_SIZE) -> None:
         self.entries: deque[dict[str, Any]] = deque(maxlen=size)
         self._dirty = False
+        self._debuggers = 0  # monitors of this process with a debugger on
+        self.keep_events = False  # a debugger is on, here or (across workers) in worker 0
 
-    def add(self, plugin_id: str, url: str, payload_id: str, events: int, nbytes: int, status: int | None, seconds: float, error: str) -> None:
+    def debugger(self, on: bool) -> None:
+        """A monitor with a debugger started (``on``) or stopped. Across workers a file in the
+        shared folder tells the other workers, which look for it once a second (:meth:`flush`)."""
+        self._debuggers += 1 if on else -1
+        self.keep_events = self._debuggers > 0
+        folder = multiprocess_dir()
+        if folder is not None:
+            path = os.path.join(folder, DEBUGGER_FILE)
+            if self.keep_events:
+                open(path, "w").close()
+            elif os.path.exists(path):
+                os.remove(path)
+
+    def add(
+        self,
+        plugin_id: str,
+        url: str,
+        payload_id: str,
+        events: int,
+        nbytes: int,
+        status: int | None,
+        seconds: float,
+        error: str,
+        body: bytes = b"",
+    ) -> None:
+        """``body``: the request's body, or its events joined by commas; read only while a
+        debugger is on."""
         self.entries.append(
             {
                 "time": time.time(),
@@ -245,12 +305,20 @@ class RequestLog:
                 "error": error,
             }
         )
+        if self.keep_events and body:
+            self.entries[-1]["first_events"] = first_events(body)
+            if len(self.entries) > DEBUG_EVENTS_KEPT:
+                self.entries[-DEBUG_EVENTS_KEPT - 1].pop("first_events", None)
         self._dirty = True
 
     def flush(self) -> None:
-        """Write this process's log for the monitor of a multi-worker node (no-op otherwise)."""
+        """Write this process's log for the monitor of a multi-worker node, and see whether its
+        debugger is on (no-op in a single-process node)."""
         folder = multiprocess_dir()
-        if folder is None or not self._dirty:
+        if folder is None:
+            return
+        self.keep_events = self._debuggers > 0 or os.path.exists(os.path.join(folder, DEBUGGER_FILE))
+        if not self._dirty:
             return
         self._dirty = False
         path = os.path.join(folder, f"requests-{os.getpid()}.json")

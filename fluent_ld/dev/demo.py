@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import tempfile
 import time
 from importlib import resources
 from typing import TextIO
 
-from fluent_ld.config.loader import load
+from fluent_ld.config.loader import load, load_text
 from fluent_ld.dev.ldserver import LaunchDarklyServer, metric
 from fluent_ld.launchdarkly.output import LaunchDarklyOutput
 from fluent_ld.launchdarkly.verification import render
@@ -67,6 +68,39 @@ def _mask(headers: dict[str, str]) -> dict[str, str]:
     return {k: (v[:4] + "..." + v[-4:] if k.lower() == "authorization" else v) for k, v in headers.items()}
 
 
+# --serve: the Event Debugger on a free local port.
+DEBUGGER_SOURCE = """
+<source>
+  @type monitor_agent
+  @id debugger
+  bind 127.0.0.1
+  port 0
+  debugger true
+</source>
+"""
+
+
+async def _serve(node: Node, out: TextIO) -> None:
+    """Keep the demo running, with its Event Debugger, until SIGINT (Ctrl-C) or SIGTERM."""
+    monitor = next(p for pc, p in node.sources if pc.type_name == "monitor_agent")
+    forward = node.sources[0][1]
+    print(f"\nThe Event Debugger: http://127.0.0.1:{monitor.port}/", file=out)  # type: ignore[attr-defined]
+    print(f"Send more events with: fluent-ld send --port {forward.port} FILE.jsonl", file=out)  # type: ignore[attr-defined]
+    print("Ctrl-C stops the demo.", file=out, flush=True)
+    for _, output in node.outputs:
+        if isinstance(output, LaunchDarklyOutput) and output.verification is None:
+            output.verification = (await output.check_metrics()).to_json()  # for the page, as verify_on_start keeps it
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
 # The demo project's metrics: one per key the Default preset maps but begin_checkout, so that the
 # verification shows what a key with no metric looks like.
 DEMO_METRICS = [
@@ -78,7 +112,8 @@ DEMO_METRICS = [
 ]
 
 
-async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
+async def run_demo(out: TextIO, timeout: float = 30.0, serve: bool = False) -> int:
+    """The demo; ``serve``: then keep it running with the Event Debugger until SIGINT or SIGTERM."""
     server = LaunchDarklyServer(DEMO_TOKEN, metrics={"default": DEMO_METRICS})
     await server.start()
     with tempfile.TemporaryDirectory(prefix="fluent-ld-demo-") as store_dir:
@@ -91,7 +126,12 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
             "FLUENT_LD_PORT": "0",
             "FLUENT_LD_BUFFER_PATH": store_dir,
         }
-        node = Node(load(DEFAULT_CONFIG, env))
+        if serve:
+            with open(DEFAULT_CONFIG, encoding="utf-8") as f:
+                config = load_text(f.read() + DEBUGGER_SOURCE, DEFAULT_CONFIG, env)
+        else:
+            config = load(DEFAULT_CONFIG, env)
+        node = Node(config)
         await node.start()
         try:
             port = node.sources[0][1].port  # type: ignore[attr-defined]  # the forward source
@@ -130,7 +170,10 @@ async def run_demo(out: TextIO, timeout: float = 30.0) -> int:
             print("\nWill they count? `fluent-ld verify` against the server's REST API (its project has a metric", file=out)
             print("for every mapped key but begin_checkout):\n", file=out)
             print(render(output.id, await output.check_metrics()), file=out)
-            return 0 if len(server.events) == expected else 1
+            code = 0 if len(server.events) == expected else 1
+            if serve:
+                await _serve(node, out)
+            return code
         finally:
             await node.stop()
             await server.stop()

@@ -215,6 +215,7 @@ class LaunchDarklyOutput(DurableOutput):
             status,
             seconds,
             "" if ok else answer.text,
+            batch.data,  # its first events are read only while a debugger is on
         )
         outcome = launchdarkly_outcome(
             status,

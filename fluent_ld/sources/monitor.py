@@ -7,21 +7,28 @@
   a 401/403/404 from LaunchDarkly (503 with the reasons otherwise).
 - ``/api/debug/requests``: the last requests to LaunchDarkly with its answers, the first place to
   look when an experiment shows no data.
+- With ``debugger true``: ``/``, the Event Debugger (:mod:`fluent_ld.sources.debugger`), and the
+  JSON it reads: ``/api/debugger/state``, ``/api/debugger/events?payload_id=`` (a request's first
+  events) and ``POST /api/debugger/map?output=`` (what a pasted Signal event becomes). These show
+  event contents (user ids); without ``debugger true`` none of them is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fluent_ld import metrics
 from fluent_ld.config.params import Bool, Integer, Param, Section, String
 from fluent_ld.plugin import Source, StartError
+from fluent_ld.sources.debugger import MAP_BODY_LIMIT, Debugger, page
 
 AUTH_MEANING = {
     401: "the access token is invalid",
@@ -42,6 +49,12 @@ class MonitorAgentSource(Source):
             Param("port", Integer(0, 65535), 24220, "The HTTP port (0: any free port)."),
             Param("include_config", Bool(), True, "Include each plugin's parameters (secrets masked) in /api/plugins.json."),
             Param("debug_requests", Integer(1, metrics.REQUEST_LOG_SIZE), 50, "How many recent LaunchDarkly requests /api/debug/requests shows at most."),
+            Param(
+                "debugger",
+                Bool(),
+                False,
+                "Serve the Event Debugger at /: each output's state, the last requests with their first events, dead letters, a mapping box. It shows event contents (user ids): keep the port internal.",
+            ),
         ),
     )
 
@@ -51,14 +64,22 @@ class MonitorAgentSource(Source):
         self.registry = metrics.registry()
         self._runner: web.AppRunner | None = None
         self._started_at = time.time()
+        self.debugger = Debugger(emitter) if conf.debugger else None
+        self._page = page() if conf.debugger else b""
+        self._debugging = False  # this monitor told the request log to keep events
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAP_BODY_LIMIT)  # the only body it reads: a pasted event
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/plugins.json", self._plugins)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/debug/requests", self._requests)
+        if self.debugger is not None:
+            app.router.add_get("/", self._debugger_page)
+            app.router.add_get("/api/debugger/state", self._debugger_state)
+            app.router.add_get("/api/debugger/events", self._debugger_events)
+            app.router.add_post("/api/debugger/map", self._debugger_map)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.conf.bind, self.conf.port, reuse_address=True)
@@ -69,8 +90,27 @@ class MonitorAgentSource(Source):
             raise StartError(f"cannot listen on {self.conf.bind}:{self.conf.port}: {exc.strerror or exc}") from exc
         self.port = self._runner.addresses[0][1]
         self.log.info("Serving /metrics, /api/plugins.json, /healthz and /readyz on http://%s:%d.", self.conf.bind, self.port)
+        if self.debugger is not None:
+            self._debugging = True
+            try:
+                metrics.REQUEST_LOG.debugger(True)
+            except OSError as exc:  # its file in the shared folder: this worker keeps events all the same
+                self.log.warning("The other workers cannot be told to keep their requests' first events: %s.", exc)
+            self.log.info("Serving the Event Debugger on http://%s:%d/.", self.conf.bind, self.port)
+            if not _loopback(self.conf.bind):
+                self.log.warning(
+                    "The Event Debugger shows event contents (user ids) to anyone who reaches %s:%d: keep this port on the internal network.",
+                    self.conf.bind,
+                    self.port,
+                )
 
     async def stop(self) -> None:
+        if self._debugging:
+            self._debugging = False
+            try:
+                metrics.REQUEST_LOG.debugger(False)
+            except OSError as exc:
+                self.log.warning("The other workers cannot be told to stop keeping their requests' first events: %s.", exc)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -152,10 +192,58 @@ class MonitorAgentSource(Source):
             return web.json_response({"error": "limit must be an integer"}, status=400)
         entries = []
         for e in metrics.REQUEST_LOG.recent(max(limit, 0)):
-            e = dict(e)
+            e = {k: v for k, v in e.items() if k != "first_events"}  # event contents: the debugger's only
             e["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e["time"])) + f".{int(e['time'] % 1 * 1000):03d}Z"
             entries.append(e)
         return web.json_response({"requests": entries})
 
+    # -- the Event Debugger (debugger true) ------------------------------------------------------------
+
+    async def _debugger_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
+
+    async def _recent(self, limit: int) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(metrics.REQUEST_LOG.recent, limit)  # across workers it reads files
+
+    async def _debugger_state(self, request: web.Request) -> web.Response:
+        assert self.debugger is not None
+        values = await self._refresh()
+        state = await self.debugger.state(values, await self._recent(self.conf.debug_requests), time.time())
+        return _json(state)
+
+    async def _debugger_events(self, request: web.Request) -> web.Response:
+        found = Debugger.events(await self._recent(metrics.REQUEST_LOG_SIZE), request.query.get("payload_id", ""))
+        if found is None:
+            return _json({"error": "no request with this payload id kept its events (they are kept for the newest requests only)"}, 404)
+        return _json(found)
+
+    async def _debugger_map(self, request: web.Request) -> web.Response:
+        assert self.debugger is not None
+        body = await request.read()  # at most client_max_size: 413 past it
+        status, answer = self.debugger.map(request.query.get("output"), body, time.time_ns())
+        return _json(answer, status)
+
     def _config(self):
         return self.emitter.config
+
+
+# The page has its style and script inline and talks only to this monitor: the policy lets nothing
+# else in (no external assets) and nothing frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    """orjson: mapped events hold what the mapper made; event contents are never cached."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
