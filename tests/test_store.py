@@ -287,3 +287,15 @@ def test_a_stale_batch_dropped_twice_changes_nothing(tmp_path):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_the_newest_dead_letters_newest_first(tmp_path):
+    async def scenario():
+        store = Store(str(tmp_path / "s.sqlite3"))
+        await store.open()
+        await store.add_dead_letters([DeadLetter("invalid", f"letter {n}") for n in range(5)])
+        assert [x["reason"] for x in await store.dead_letters(2)] == ["letter 0", "letter 1"]
+        assert [x["reason"] for x in await store.dead_letters(2, newest=True)] == ["letter 4", "letter 3"]
+        await store.close()
+
+    asyncio.run(scenario())

@@ -28,11 +28,8 @@ from fluent_ld.launchdarkly.response import AUTH_FIXES
 
 __all__ = ["MAP_BODY_LIMIT", "Debugger", "output_state", "page"]
 
-# The dead letters the page lists. The store lists them oldest first: the newest are found by
-# reading all of them when there are at most DEAD_LETTERS_SCAN; past that the page lists the
-# oldest, as `fluent-ld dlq list` does, and says so.
+# The dead letters the page lists: the newest.
 LATEST_DEAD_LETTERS = 10
-DEAD_LETTERS_SCAN = 50
 # What the page shows of a dead letter's record and event; `fluent-ld dlq show` prints them whole.
 SHOWN_BYTES = 2048
 # One pasted Signal event is a few KB; the monitor reads no more than this from the mapping box.
@@ -168,21 +165,15 @@ class Debugger:
         }
 
     async def _dead_letters(self, out: Any) -> dict[str, Any]:
-        """This worker's dead letters of ``out``: by kind, and the latest (see DEAD_LETTERS_SCAN)."""
+        """This worker's dead letters of ``out``: by kind, and the newest LATEST_DEAD_LETTERS."""
         store = out.store
         count = store.dead_letter_count
         cached = self._letters.get(out.id)
         if cached is not None and cached[0] == count:
             return cached[1]
         by_kind = (await store.status())["dead_letters"] if count else {}
-        stored = sum(by_kind.values())
-        if stored <= DEAD_LETTERS_SCAN:
-            letters = (await store.dead_letters(stored))[::-1][:LATEST_DEAD_LETTERS] if stored else []
-            order = "newest first"
-        else:
-            letters = await store.dead_letters(LATEST_DEAD_LETTERS)
-            order = f"the oldest {LATEST_DEAD_LETTERS} of {stored}"
-        read = {"by_kind": by_kind, "latest": [_letter(x) for x in letters], "order": order}
+        letters = await store.dead_letters(LATEST_DEAD_LETTERS, newest=True) if count else []
+        read = {"by_kind": by_kind, "latest": [_letter(x) for x in letters], "order": "newest first"}
         self._letters[out.id] = (count, read)
         return read
 

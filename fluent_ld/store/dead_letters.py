@@ -25,14 +25,16 @@ def insert(conn: sqlite3.Connection, dead: Sequence[DeadLetter], now: float) -> 
         )
 
 
-def read(conn: sqlite3.Connection, limit: int, ids: Sequence[int] | None) -> list[dict[str, Any]]:
-    """Letters by id (``ids``), or the first ``limit`` (-1: all), in id order, as dicts."""
+def read(conn: sqlite3.Connection, limit: int, ids: Sequence[int] | None, newest: bool = False) -> list[dict[str, Any]]:
+    """Letters by id (``ids``), or the first ``limit`` (-1: all) in id order (``newest``: the last
+    ``limit``, newest first), as dicts."""
     cols = ", ".join(COLUMNS)
     if ids is not None:
         marks = ",".join("?" * len(ids))
         rows = conn.execute(f"SELECT {cols} FROM dead_letters WHERE id IN ({marks}) ORDER BY id", list(ids)).fetchall()
     else:
-        rows = conn.execute(f"SELECT {cols} FROM dead_letters ORDER BY id LIMIT ?", (limit,)).fetchall()
+        order = "DESC" if newest else ""
+        rows = conn.execute(f"SELECT {cols} FROM dead_letters ORDER BY id {order} LIMIT ?", (limit,)).fetchall()
     return [dict(zip(COLUMNS, r, strict=True)) for r in rows]
 
 

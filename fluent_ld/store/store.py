@@ -237,8 +237,9 @@ class Store:
     async def status(self) -> dict[str, Any]:
         return await self._call(lambda conn, store: rows.status(conn))
 
-    async def dead_letters(self, limit: int = 100, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        return await self._call(lambda conn, store: dead_letters.read(conn, limit, ids))
+    async def dead_letters(self, limit: int = 100, ids: Sequence[int] | None = None, newest: bool = False) -> list[dict[str, Any]]:
+        """The first ``limit`` dead letters, or the last ones, newest first (``newest``), or those with ``ids``."""
+        return await self._call(lambda conn, store: dead_letters.read(conn, limit, ids, newest))
 
     async def readmit(
         self,
