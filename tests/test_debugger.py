@@ -330,6 +330,23 @@ def test_retrying_says_until_when_and_why(tmp_path):
     asyncio.run(scenario())
 
 
+def test_stale_events_are_shown_by_key(tmp_path):
+    u = uuid.uuid4().hex[:8]
+    ld_id = f"ld_{u}"
+
+    async def scenario():
+        old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
+        async with ld_node(tmp_path, extra=f"@id {ld_id}\n  stale_after 1h", source=SOURCES.format(u=u)) as (node, out, ld):
+            fresh = {k: v for k, v in order(2).items() if k != "timestamp"}  # its time: now
+            await node.emit("signal.web", [(time.time_ns(), order(1) | {"timestamp": old}), (time.time_ns(), fresh)])
+            await until(lambda: len(ld.events) == 2 and out.store.pending_events == 0)
+            status, state = await Monitor(node, f"debug_{u}").json("/api/debugger/state")
+            (card,) = [o for o in state["outputs"] if o["id"] == ld_id]
+            assert card["stale_events"] == {"order_completed": 1} and card["stale_after"] == 3600
+
+    asyncio.run(scenario())
+
+
 # -- what the request log keeps, and the states (no network) ------------------------------------------
 
 

@@ -161,6 +161,8 @@ class Debugger:
             },
             "replay": f"fluent-ld dlq replay -c {pc.where.file} --id {pc.id}" if file_buffer else None,
             "verification": getattr(out, "verification", None),
+            "stale_events": dict(getattr(out, "stale_counts", {})),
+            "stale_after": getattr(out.conf, "stale_after", None) if hasattr(out, "stale_counts") else None,
             "can_map": getattr(out, "mapper", None) is not None,
         }
 
