@@ -221,52 +221,48 @@ class LaunchDarklyServer:
 
     # -- the REST API reads --------------------------------------------------------------------------
 
-    def _rest_refusal(self, request: web.Request) -> web.Response | None:
+    def _rest_project(self, request: web.Request) -> web.Response | str:
+        """What every REST read checks first: a scripted status, the token (401), the project
+        (404). Returns the refusal, or the project's key."""
         self.rest_requests.append(request.path_qs)
         if self.rest_fault is not None:
             return web.json_response({"code": "scripted", "message": f"scripted {self.rest_fault}"}, status=self.rest_fault)
         if request.headers.get("Authorization") != self.api_token:
             return web.json_response({"code": "unauthorized", "message": "Invalid access token"}, status=401)
-        return None
+        project = request.match_info["project"]
+        if project not in self.projects:
+            return web.json_response({"code": "not_found", "message": "Unknown resource"}, status=404)
+        return project
 
-    def _not_found(self) -> web.Response:
-        return web.json_response({"code": "not_found", "message": "Unknown resource"}, status=404)
+    def _environment_items(self, project: str) -> list[dict[str, str]]:
+        return [{"key": e, "name": e} for e in self.projects[project]]
 
     async def _project(self, request: web.Request) -> web.Response:
-        refused = self._rest_refusal(request)
-        if refused is not None:
-            return refused
-        project = request.match_info["project"]
-        if project not in self.projects:
-            return self._not_found()
-        return web.json_response({"key": project, "name": project, "environments": {"items": [{"key": e, "name": e} for e in self.projects[project]]}})
+        project = self._rest_project(request)
+        if not isinstance(project, str):
+            return project
+        return web.json_response({"key": project, "name": project, "environments": {"items": self._environment_items(project)}})
 
     async def _environments(self, request: web.Request) -> web.Response:
-        refused = self._rest_refusal(request)
-        if refused is not None:
-            return refused
-        project = request.match_info["project"]
-        if project not in self.projects:
-            return self._not_found()
-        items = [{"key": e, "name": e} for e in self.projects[project]]
+        project = self._rest_project(request)
+        if not isinstance(project, str):
+            return project
+        items = self._environment_items(project)
         return web.json_response({"items": items, "totalCount": len(items)})
 
     async def _environment(self, request: web.Request) -> web.Response:
-        refused = self._rest_refusal(request)
-        if refused is not None:
-            return refused
-        project, environment = request.match_info["project"], request.match_info["environment"]
-        if environment not in self.projects.get(project, []):
-            return self._not_found()
+        project = self._rest_project(request)
+        if not isinstance(project, str):
+            return project
+        environment = request.match_info["environment"]
+        if environment not in self.projects[project]:
+            return web.json_response({"code": "not_found", "message": "Unknown resource"}, status=404)
         return web.json_response({"key": environment, "name": environment})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        refused = self._rest_refusal(request)
-        if refused is not None:
-            return refused
-        project = request.match_info["project"]
-        if project not in self.projects:
-            return self._not_found()
+        project = self._rest_project(request)
+        if not isinstance(project, str):
+            return project
         try:
             limit = max(1, min(int(request.query.get("limit", METRICS_PAGE)), METRICS_PAGE))
             offset = max(0, int(request.query.get("offset", 0)))
