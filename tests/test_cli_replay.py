@@ -68,3 +68,33 @@ def test_replay_puts_the_events_back_and_deletes_their_letters_in_one_go(tmp_pat
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_replayed_event_over_chunk_limit_size_is_sent_alone_and_the_events_behind_it_too(tmp_path):
+    # A too_large letter's record maps to the same event again: replay puts it back, over the
+    # limit. The drain must still cut it (alone) and every event admitted after it.
+    from ld_harness import ld_config, ld_node, order, until
+
+    from fluent_ld import cli
+
+    T = 1_795_000_000_000_000_000
+    store = tmp_path / "store"
+
+    async def oversized():
+        async with ld_node(store, buffer="chunk_limit_size 1k") as (node, out, ld):
+            await node.emit("signal.web", [(T, order(1, note="x" * 2000))])
+            assert out.store.dead_letter_count == 1 and out.store.pending_events == 0
+
+    asyncio.run(oversized())
+    conf = tmp_path / "node.conf"
+    conf.write_text(ld_config("http://127.0.0.1:9", str(store), "chunk_limit_size 1k"))
+    assert cli.main(["dlq", "replay", "-c", str(conf)]) == 0
+
+    async def after():
+        async with ld_node(store, buffer="chunk_limit_size 1k") as (node, out, ld):
+            await node.emit("signal.web", [(T, order(2))])
+            await until(lambda: sorted(e["data"]["order_id"] for e in ld.events) == ["O-1", "O-2"], timeout=5)
+            await until(lambda: out.store.pending_events == 0)
+            assert not out._drainer.done()
+
+    asyncio.run(after())

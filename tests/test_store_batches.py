@@ -57,11 +57,6 @@ def test_a_cut_stops_at_its_limit_before_reading_further_rows():
     assert seen == [1, 2, 3, 4]  # the fourth row only shows the third batch full
 
 
-def test_an_event_over_the_limit_is_refused():
-    with pytest.raises(ValueError):
-        cuts([(1, None, [50], 0, 1)], 20)
-
-
 def test_nothing_waiting_cuts_nothing():
     assert cuts([], 100) == []
 
@@ -112,3 +107,13 @@ def test_an_outputs_store_files(tmp_path):
     for name in ("ld*-worker10.sqlite3", "ld*-worker2.sqlite3", "ld*-workerx.sqlite3", "ld-worker1.sqlite3", "ld*-worker2.sqlite3.lock"):
         (tmp_path / "store[1]" / name).write_bytes(b"")
     assert worker_files(folder, "ld*") == [(2, store_file(folder, "ld*", 2)), (10, store_file(folder, "ld*", 10))]
+
+
+def test_an_event_over_the_limit_goes_alone_rather_than_stopping_every_cut():
+    # A replayed dead letter, or a chunk_limit_size lowered since the event was stored.
+    rows = [(1, None, [3, 20, 3], 0, 50), (2, None, [3], 0, 40)]
+    assert cuts(rows, 13) == [
+        (None, [(1, 0, 1)], [3], 3, 50),
+        (None, [(1, 1, 2)], [20], 20, 50),
+        (None, [(1, 2, 3), (2, 0, 1)], [3, 3], 6, 40),
+    ]

@@ -208,6 +208,9 @@ class DurableOutput(Output):
                     self.log.error("The store failed while cutting or reading batches: %s; trying again every second.", exc)
                     self.health.down = True
                 wait = 1.0
+            except Exception:  # a bug: the loop must go on, or nothing would be sent again until a restart
+                self.log.exception("Cutting or choosing batches failed unexpectedly; trying again every second.")
+                wait = 1.0
             self._update_room()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))

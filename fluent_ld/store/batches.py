@@ -144,9 +144,13 @@ def plan_cuts(
                     break
                 size += add
                 n += 1
+            if n == 0 and not lengths:
+                # A single event over the limit: admit refuses those, but a replayed dead letter or
+                # a chunk_limit_size lowered since it was stored can bring one here. It goes alone,
+                # and the receiver's answer decides (LaunchDarkly's 413 makes it a dead letter);
+                # refusing to cut would hold every event behind it for good.
+                n = 1
             if n == 0:
-                if not lengths:  # a single fragment over the cap: refused at admit, never here
-                    raise ValueError("a stored event is larger than the batch limit")
                 yield take()
                 if made >= limit:
                     return
