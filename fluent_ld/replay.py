@@ -31,15 +31,20 @@ class Plan:
     done: list[int] = field(default_factory=list)  # letters whose events go back: deleted
     reasons: dict[int, str] = field(default_factory=dict)  # letters the mapper refuses again: kept, new reason
     kept: int = 0  # letters kept
-    oldest_ms: int = 0  # of the rescued records; the replay's time when there are none
+    oldest_ms: int = 0  # the oldest creationDate among the events put back; the replay's time when none has one
 
 
 def plan(letters: Sequence[dict[str, Any]], mapper: Any | None, keep_tags: bool, now_ns: Callable[[], int] = time.time_ns) -> Plan:
     """What replaying ``letters`` (as :meth:`Store.dead_letters` reads them) does. ``mapper``: the
-    output's (``map_encoded``), None for an output that stores records as they came."""
+    output's (``map_encoded``, ``last_created`` and ``creation_ms``), None for an output that
+    stores records as they came.
+
+    The store's oldest time of what goes back is the events' creationDate, as at admit: a
+    LaunchDarkly output's ``stale_after`` is measured against it (a replayed event is often old)."""
     out = Plan()
-    oldest = None
+    oldest: int | None = None
     for letter in letters:
+        created: int | None = None
         if mapper is not None and letter["record"] is not None:
             time_ns = letter["time_ns"] or now_ns()
             try:
@@ -52,15 +57,19 @@ def plan(letters: Sequence[dict[str, Any]], mapper: Any | None, keep_tags: bool,
                 out.kept += 1
                 out.reasons[letter["id"]] = result.reason
                 continue
-            oldest = time_ns if oldest is None else min(oldest, time_ns)
+            created = mapper.last_created
         elif letter["event"] is not None:
             result = bytes(letter["event"])
+            if mapper is not None:
+                created = mapper.creation_ms(result)
         else:
             out.kept += 1
             continue
+        if created is not None:
+            oldest = created if oldest is None else min(oldest, created)
         out.events.append((letter["tag"] if keep_tags else None, result))
         out.done.append(letter["id"])
-    out.oldest_ms = (oldest or now_ns()) // 1_000_000
+    out.oldest_ms = oldest if oldest is not None else now_ns() // 1_000_000
     return out
 
 

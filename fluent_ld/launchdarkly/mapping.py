@@ -134,6 +134,15 @@ class Mapper:
         except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. an integer beyond 64 bits
             return Rejection(INVALID, f"cannot be encoded as JSON: {exc}", record, event["key"])  # type: ignore[index]  # a dict here
 
+    @staticmethod
+    def creation_ms(event: bytes) -> int | None:
+        """The creationDate of an event this mapper encoded (:meth:`map_encoded`), None if it has none."""
+        try:
+            created = orjson.loads(event).get("creationDate")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return created if type(created) is int else None
+
     def _unwrap(self, record: Any) -> Any:
         if type(record) is not dict or self.record_key not in record:
             return Rejection(INVALID, f"the record has no {self.record_key!r} field", record)
