@@ -208,3 +208,30 @@ def test_verify_on_start_that_cannot_tell_keeps_sending(tmp_path, caplog, status
             await until(lambda: len(ld.events) == 1)
 
     asyncio.run(scenario())
+
+
+def test_stale_events_are_counted_once_their_delivery_is_committed(tmp_path):
+    # The store fails to record the first delivery (a full disk): the batch is sent again, with
+    # the same payload id, and its events must not be counted twice.
+    from fluent_ld.store import StoreError
+
+    async def scenario():
+        async with ld_node(tmp_path) as (node, out, ld):
+            store_delivered = out.store.delivered
+            failures = []
+
+            async def fails_once(batch):
+                if not failures:
+                    failures.append(batch.payload_id)
+                    raise StoreError("database or disk is full")
+                await store_delivered(batch)
+
+            out.store.delivered = fails_once
+            stale_before = value("fluentld_stale_events_total", plugin_id=out.id, key="order_completed")
+            await node.emit("signal.web", [(time.time_ns(), order(1))])  # its timestamp is weeks old
+            await until(lambda: out.store.pending_events == 0)
+            assert len(failures) == 1 and len(ld.requests) == 2
+            assert out.stale_counts == {"order_completed": 1}
+            assert value("fluentld_stale_events_total", plugin_id=out.id, key="order_completed") - stale_before == 1
+
+    asyncio.run(scenario())

@@ -24,7 +24,7 @@ from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
 from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base, cannot_tell
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
-from fluent_ld.outputs.outcome import Delivered, Outcome
+from fluent_ld.outputs.outcome import Outcome
 from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.store import Batch
 
@@ -173,7 +173,7 @@ class LaunchDarklyOutput(DurableOutput):
                 said = problems
             await asyncio.sleep(self.conf.verify_interval)
 
-    def _count_delivered(self, batch: Batch) -> None:
+    def delivered(self, batch: Batch) -> None:
         """Events delivered for keys with no metric, and stale ones, by key. Reads the batch only
         when it can hold some: a key is missing, or its oldest event is past stale_after."""
         cutoff_ms = int((time.time() - self.conf.stale_after) * 1000)
@@ -217,7 +217,7 @@ class LaunchDarklyOutput(DurableOutput):
             "" if ok else answer.text,
             batch.data,  # its first events are read only while a debugger is on
         )
-        outcome = launchdarkly_outcome(
+        return launchdarkly_outcome(
             status,
             answer.text,
             answer.retry_after,
@@ -227,6 +227,3 @@ class LaunchDarklyOutput(DurableOutput):
             time.time(),
             random.random(),
         )
-        if type(outcome) is Delivered:
-            self._count_delivered(batch)
-        return outcome

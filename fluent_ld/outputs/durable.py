@@ -99,6 +99,10 @@ class DurableOutput(Output):
         an outcome (:func:`~fluent_ld.outputs.outcome.transport_failure`), not an exception."""
         raise NotImplementedError
 
+    def delivered(self, batch: Batch) -> None:
+        """Count what only this output counts of a delivered batch: called once its deletion is
+        committed (a batch whose deletion failed is sent again, and must not count twice)."""
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -251,6 +255,7 @@ class DurableOutput(Output):
                 self.paused_until = self.retry_after_until  # a Retry-After pause still holds
                 metrics.AUTH_ERROR.labels(self.id).set(0)
             await self.store.delivered(batch)
+            self.delivered(batch)
             self.count("records_delivered", batch.count)
             metrics.RECORDS_DELIVERED.labels(self.id).inc(batch.count)
         elif type(outcome) is Split:
