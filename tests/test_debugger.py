@@ -126,6 +126,7 @@ def test_the_page_in_a_real_browser(tmp_path, browser):
     options = {"url": None, "screenshots": str(SCREENSHOTS), "valid": json.dumps(valid), "invalid": json.dumps(NO_IDENTITY), "chromium": CHROMIUM}
 
     async def scenario():
+        metrics.REQUEST_LOG.entries.clear()  # the log is the process's: earlier tests' requests are not this page's
         server = LaunchDarklyServer(TOKEN, metrics={"default": [metric("orders", "order_completed", numeric=True, name="Orders")]})
         async with ld_node(tmp_path, extra=f"@id {ld_id}\n  verify_on_start true", source=SOURCES.format(u=u), server=server) as (node, out, ld):
             records = [order(n) for n in range(3)] + [NO_IDENTITY, NOT_IN_PRESET]
