@@ -135,10 +135,17 @@ class Letter:
 class Mapper:
     """Stands in for the real mapper on replay: records saying "rescue" map to an event."""
 
+    last_created = 0  # the creationDate of the last event mapped: the record's time here
+
     def map_encoded(self, record: dict, time_ns: int):
         if record["rescue"]:
+            self.last_created = time_ns // 1_000_000
             return replayed_fragment(record["seq"])
         return types.SimpleNamespace(reason="still invalid")
+
+    @staticmethod
+    def creation_ms(event: bytes) -> int | None:
+        return None  # the model's events carry no creationDate: as old as the replay
 
 
 def replayed_fragment(seq: int) -> bytes:
