@@ -235,3 +235,38 @@ def test_stale_events_are_counted_once_their_delivery_is_committed(tmp_path):
             assert value("fluentld_stale_events_total", plugin_id=out.id, key="order_completed") - stale_before == 1
 
     asyncio.run(scenario())
+
+
+def test_a_next_page_on_another_host_is_not_followed_with_the_token(tmp_path):
+    """The token goes with every page read: a next link to another origin is refused."""
+    from aiohttp import web
+
+    from fluent_ld.launchdarkly.rest import verify as check
+
+    async def scenario():
+        seen = []
+
+        async def environment(request):
+            return web.json_response({"key": "production"})
+
+        async def metrics(request):
+            seen.append(request.headers.get("Authorization"))
+            return web.json_response(
+                {"items": [metric("orders", "order_completed")], "_links": {"next": {"href": "http://example.invalid/api/v2/metrics/default?offset=20"}}}
+            )
+
+        app = web.Application()
+        app.router.add_get("/api/v2/projects/default/environments/production", environment)
+        app.router.add_get("/api/v2/metrics/default", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            report = await check(base, TOKEN, "default", "production", [EventRule("Order Completed", "order_completed")], timeout=5)
+        finally:
+            await runner.cleanup()
+        assert report.status == CANNOT_TELL and "another host" in report.message
+        assert seen == [TOKEN]  # one page read, on the REST host
+
+    asyncio.run(scenario())

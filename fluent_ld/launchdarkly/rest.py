@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
@@ -75,6 +75,8 @@ async def verify(
                 metrics.extend(m for m in items if isinstance(m, dict))
                 nxt = ((page.get("_links") or {}).get("next") or {}).get("href")
                 url = urljoin(base + "/", nxt) if nxt else None
+                if url is not None and urlsplit(url)[:2] != urlsplit(base)[:2]:  # the token goes with it
+                    raise _CannotTell(f"the REST API's next page is on another host ({url}); not followed")
             else:
                 raise _CannotTell(f"more than {MAX_PAGES} pages of metrics")
     except _CannotTell as exc:
