@@ -188,3 +188,23 @@ def test_an_output_that_changes_type_refuses_the_store_the_old_type_wrote(tmp_pa
             await until(lambda: len(ld.events) == 1)
 
     asyncio.run(scenario())
+
+
+def test_an_output_whose_close_fails_still_releases_its_store(tmp_path):
+    """stop() closes the store (its writer thread and its lock) even when the output's own close()
+    raises: the node can start again on the same store."""
+
+    async def scenario():
+        async with ld_node(tmp_path, extra="@id keep") as (node, out, ld):
+
+            async def broken_close():
+                raise RuntimeError("a session that would not close")
+
+            out.close = broken_close
+            store = out.store
+        assert not store.is_open  # the node logged the failure and went on
+        async with ld_node(tmp_path, extra="@id keep") as (node, out, ld):  # the lock was released
+            await node.emit("signal.web", [(T, order(1))])
+            await until(lambda: len(ld.events) == 1)
+
+    asyncio.run(scenario())

@@ -140,9 +140,11 @@ class DurableOutput(Output):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self.close()
-        if not self.keep_store_open:  # a memory store handed to the output replacing this one
-            await self.store.close()
+        try:
+            await self.close()
+        finally:
+            if not self.keep_store_open:  # a memory store handed to the output replacing this one
+                await self.store.close()  # its writer thread and its lock, whatever close() did
         self.log.info("Stopped with %d undelivered %s in the store.", self.store.pending_events, self.noun)
 
     # -- admit ---------------------------------------------------------------------------------------

@@ -141,8 +141,10 @@ class ForwardOutput(DurableOutput):
             return transport_failure(f"{server.name}: {exc or type(exc).__name__}", batch.attempts, self.policy, random.random())
         metrics.REQUESTS.labels(self.id, "ack").inc()
         metrics.REQUEST_SECONDS.labels(self.id).observe(time.perf_counter() - started)
-        self.count("records_forwarded", batch.count)
         return Delivered()
+
+    def delivered(self, batch: Batch) -> None:
+        self.count("records_forwarded", batch.count)
 
     def _pick(self) -> _Server | None:
         for standby in (False, True):
