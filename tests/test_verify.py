@@ -7,6 +7,7 @@ import json
 import subprocess
 import textwrap
 import time
+from collections import Counter
 
 import pytest
 from ld_harness import TOKEN, ServerThread, ld_node, order, until
@@ -270,3 +271,27 @@ def test_a_next_page_on_another_host_is_not_followed_with_the_token(tmp_path):
         assert seen == [TOKEN]  # one page read, on the REST host
 
     asyncio.run(scenario())
+
+
+def test_counting_by_key_in_the_regex_engine_is_exact():
+    """count_events against a plain parse of every event, for creationDates on both sides of many
+    cutoffs (fewer digits, the same digits, negatives, keys with escapes)."""
+    import random
+
+    import orjson
+
+    from fluent_ld.launchdarkly.verification import count_events
+
+    rng = random.Random(7)
+    keys = ["order_completed", "sign_up", 'odd"key\\x', "page_view"]
+    for _ in range(200):
+        cutoff = rng.choice([rng.randrange(10**12, 10**13), rng.randrange(1, 10**6), 10**12, 1795521600000])
+        events = []
+        for _ in range(rng.randrange(1, 60)):
+            created = rng.choice([cutoff, cutoff - 1, cutoff + 1, rng.randrange(0, 2 * cutoff + 2), -rng.randrange(1, 10**6), rng.randrange(0, 10)])
+            events.append({"kind": "custom", "key": rng.choice(keys), "creationDate": created, "metricValue": 1, "data": {"key": "x"}})
+        data = b",".join(orjson.dumps(e) for e in events)
+        missing = {"sign_up", 'odd"key\\x'}
+        no_metric, stale = count_events(data, missing, cutoff, True)
+        assert no_metric == Counter(e["key"] for e in events if e["key"] in missing)
+        assert stale == Counter(e["key"] for e in events if e["creationDate"] < cutoff)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -21,16 +20,12 @@ from fluent_ld.launchdarkly.mapping_config import MAPPING_PARAMS, MAPPING_SECTIO
 from fluent_ld.launchdarkly.response import launchdarkly_outcome
 from fluent_ld.launchdarkly.rest import verify
 from fluent_ld.launchdarkly.sender import KNOWN_HOSTS, USER_AGENT, Sender
-from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base, cannot_tell
+from fluent_ld.launchdarkly.verification import CANNOT_TELL, Report, api_base, cannot_tell, count_events
 from fluent_ld.outputs.buffer import BUFFER
 from fluent_ld.outputs.durable import DurableOutput
 from fluent_ld.outputs.outcome import Outcome
 from fluent_ld.pipeline.admission import LaunchDarklyEncoder
 from fluent_ld.store import Batch
-
-# The head of every event the mapping encodes (orjson keeps the order the mapper builds): its key
-# and its creationDate, read from a delivered batch only when there is something to count.
-_EVENT_HEAD = re.compile(rb'\{"kind":"custom","key":"((?:[^"\\]|\\.)*)","creationDate":(-?\d+)')
 
 
 class LaunchDarklyOutput(DurableOutput):
@@ -176,18 +171,11 @@ class LaunchDarklyOutput(DurableOutput):
     def delivered(self, batch: Batch) -> None:
         """Events delivered for keys with no metric, and stale ones, by key. Reads the batch only
         when it can hold some: a key is missing, or its oldest event is past stale_after."""
-        cutoff_ms = int((time.time() - self.conf.stale_after) * 1000)
+        cutoff_ms = int(time.time() - self.conf.stale_after) * 1000  # whole seconds: its pattern is cached
         missing = self.missing_keys
         if not missing and batch.oldest_ms >= cutoff_ms:
             return
-        no_metric: Counter[str] = Counter()
-        stale: Counter[str] = Counter()
-        for match in _EVENT_HEAD.finditer(batch.data):
-            key = match.group(1).decode("utf-8", "replace")
-            if key in missing:
-                no_metric[key] += 1
-            if int(match.group(2)) < cutoff_ms:
-                stale[key] += 1
+        no_metric, stale = count_events(batch.data, missing, cutoff_ms, batch.oldest_ms < cutoff_ms)
         for key, n in no_metric.items():
             metrics.EVENTS_WITHOUT_METRIC.labels(self.id, key).inc(n)
         for key, n in stale.items():
